@@ -1,0 +1,485 @@
+"""CLIP-ITA: category-to-image retrieval for e-commerce (Hendriksen et al., ECIR 2022).
+
+A product is the fusion of its image, title and attributes; a category is its encoded name. Both go
+through CLIP's towers, then through MLP heads into one space, trained with a bidirectional
+contrastive loss. This file ships to the Hub as remote code: it imports only torch, transformers
+and its sibling configuration file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+try:  # as Hub remote code (a package) or from a checkout (top-level modules)
+    from .configuration_clipita import CLIPITAConfig
+except ImportError:
+    from configuration_clipita import CLIPITAConfig
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class CLIPITAOutput(ModelOutput):
+    r"""What [`CLIPITAModel.forward`] returns.
+
+    loss: bidirectional contrastive loss (when `return_loss=True`).
+    logits_per_category: `[num_categories, num_products]` scaled cosine similarities.
+    logits_per_product: its transpose.
+    category_embeds / product_embeds: L2-normalised outputs of the category and product heads.
+    image_embeds / title_embeds / attribute_embeds: the per-modality inputs to the product head
+        (CLIP projections; pooled attribute tower output), for the modalities in use.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_category: torch.FloatTensor | None = None
+    logits_per_product: torch.FloatTensor | None = None
+    category_embeds: torch.FloatTensor | None = None
+    product_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    title_embeds: torch.FloatTensor | None = None
+    attribute_embeds: torch.FloatTensor | None = None
+
+
+def clipita_contrastive_loss(
+    category_embeds: torch.Tensor,
+    product_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    loss_lambda: float = 0.5,
+    category_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bidirectional InfoNCE between aligned pairs (category_j, product_j) of a batch.
+
+    L = mean_j [ lambda * l(p->c)_j + (1 - lambda) * l(c->p)_j ] (paper, eq. 3-5). With `category_ids`,
+    the multi-positive variant: pairs k != j with the same category are removed from the
+    denominators, so a product is never pushed away from its own category because another product
+    of that category shares the batch. Features may be gathered from several processes first.
+    """
+    logits = logit_scale * category_embeds @ product_embeds.t()  # [B, B]: category j vs product k
+    if category_ids is not None:
+        same = category_ids[:, None] == category_ids[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    loss_category_to_product = F.cross_entropy(logits, targets)
+    loss_product_to_category = F.cross_entropy(logits.t(), targets)
+    return loss_lambda * loss_product_to_category + (1.0 - loss_lambda) * loss_category_to_product
+
+
+class CLIPITAHead(nn.Module):
+    """MLP head (paper: 2 hidden layers, each Linear -> LayerNorm -> GELU) into the shared space."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_hidden_layers: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_hidden_layers):
+            layers += [nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Dropout(dropout)]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, out_dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layers(hidden_states)
+
+
+class CLIPITAAttributePooler(nn.Module):
+    """Pools a product's 0..N attribute embeddings into one vector.
+
+    `mean` is the paper's h_a = mean_i f_a(a_i); `attention` lets a learned query weigh the
+    attributes (the paper's future work). A product without attributes gets a learned
+    "no attributes" embedding instead of a division by zero.
+    """
+
+    def __init__(self, dim: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.empty_embedding = nn.Parameter(torch.zeros(dim))
+        if mode == "attention":
+            self.query = nn.Parameter(torch.zeros(dim))
+            self.key = nn.Linear(dim, dim)
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.to(embeds.dtype)  # [B, A]
+        count = mask.sum(dim=1, keepdim=True)  # [B, 1]
+        if self.mode == "mean":
+            weights = mask / count.clamp(min=1.0)
+        else:
+            scores = self.key(embeds) @ self.query / math.sqrt(embeds.shape[-1])  # [B, A]
+            scores = scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)
+            weights = torch.softmax(scores, dim=1) * mask
+        pooled = (weights.unsqueeze(-1) * embeds).sum(dim=1)
+        has_attributes = count > 0
+        return torch.where(has_attributes, pooled, self.empty_embedding.to(pooled.dtype).expand_as(pooled))
+
+
+class CLIPITAPreTrainedModel(PreTrainedModel):
+    config_class = CLIPITAConfig
+    base_model_prefix = "clipita"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+
+    def _init_weights(self, module):
+        """Heads and attribute tower; the wrapped CLIPModel initialises its own weights."""
+        super()._init_weights(module)
+        if isinstance(module, CLIPITAAttributePooler):
+            init.zeros_(module.empty_embedding)
+            if module.mode == "attention":
+                init.normal_(module.query, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, CLIPITAModel):
+            init.constant_(module.logit_scale, math.log(1.0 / self.config.contrastive_temperature))
+
+
+class CLIPITAModel(CLIPITAPreTrainedModel):
+    """CLIPModel + attribute tower + product and category heads.
+
+    image -> CLIP vision tower + visual projection; title -> CLIP text tower + text projection;
+    each "key: value" attribute -> the same text tower + text projection + f_a, pooled per product;
+    product = g_p([image; title; attributes]) for the configured modalities; category = g_c(text(name)).
+    """
+
+    def __init__(self, config: CLIPITAConfig):
+        super().__init__(config)
+        self.clip = CLIPModel(config.clip_config)
+        clip_dim = config.clip_config.projection_dim
+        if "attributes" in config.product_modalities:
+            self.attribute_projection = nn.Sequential(nn.Linear(clip_dim, clip_dim), nn.GELU())
+            self.attribute_pooler = CLIPITAAttributePooler(clip_dim, config.attribute_pooling)
+        head = (
+            config.head_hidden_dim,
+            config.projection_dim,
+            config.head_num_hidden_layers,
+            config.head_dropout,
+        )
+        self.product_head = CLIPITAHead(clip_dim * len(config.product_modalities), *head)
+        self.category_head = CLIPITAHead(clip_dim, *head)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / config.contrastive_temperature)),
+            requires_grad=config.learnable_temperature,
+        )
+        self.processor = None
+        self.post_init()
+        self.apply_freezing()
+
+    def apply_freezing(self) -> None:
+        """Lock the CLIP towers named in the config (paper: pretrained encoders, new heads learned)."""
+        clip = self.clip
+        for module, frozen in (
+            (clip.vision_model, self.config.freeze_vision_tower),
+            (clip.visual_projection, self.config.freeze_vision_tower),
+            (clip.text_model, self.config.freeze_text_tower),
+            (clip.text_projection, self.config.freeze_text_tower),
+        ):
+            module.requires_grad_(not frozen)
+        clip.logit_scale.requires_grad_(False)  # CLIP's own scale is unused; ours is self.logit_scale
+
+    @classmethod
+    def from_clip(cls, pretrained_model_name_or_path, **config_overrides) -> CLIPITAModel:
+        """Start from any Hugging Face CLIP checkpoint (e.g. openai/clip-vit-base-patch32): towers
+        and projections are copied exactly; attribute tower and heads are new."""
+        clip_kwargs = {
+            k: config_overrides.pop(k)
+            for k in ("revision", "cache_dir", "local_files_only", "token")
+            if k in config_overrides
+        }
+        clip = CLIPModel.from_pretrained(pretrained_model_name_or_path, **clip_kwargs)
+        config_overrides.setdefault("projection_dim", clip.config.projection_dim)
+        config = CLIPITAConfig(clip_config=clip.config.to_dict(), **config_overrides)
+        config.base_clip_model = str(pretrained_model_name_or_path)
+        model = cls(config)
+        model.clip.load_state_dict(clip.state_dict())
+        return model
+
+    # ----- CLIP pass-throughs (zero-shot baseline) -----
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP's own image embedding (visual projection), L2-normalised."""
+        return F.normalize(self._clip_image(pixel_values), dim=-1)
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """CLIP's own text embedding (text projection), L2-normalised."""
+        return F.normalize(self._clip_text(input_ids, attention_mask), dim=-1)
+
+    def _clip_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
+
+    def _clip_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+    # ----- CLIP-ITA features -----
+
+    def get_category_features(
+        self, category_input_ids: torch.Tensor, category_attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Category name -> text tower -> category head, L2-normalised `[N, projection_dim]`."""
+        return F.normalize(
+            self.category_head(self._clip_text(category_input_ids, category_attention_mask)), dim=-1
+        )
+
+    def encode_attributes(
+        self,
+        attribute_input_ids: torch.Tensor,
+        attribute_attention_mask: torch.Tensor | None = None,
+        attribute_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`[B, A, L]` tokenised "key: value" strings -> pooled `[B, clip_dim]` attribute embedding.
+
+        Only real attributes go through the text tower; `attribute_mask` `[B, A]` marks them
+        (derived from the attention mask when absent).
+        """
+        if attribute_input_ids.dim() != 3:
+            raise ValueError(
+                f"attribute_input_ids must be [batch, attributes, tokens], got {tuple(attribute_input_ids.shape)}"
+            )
+        batch, num_attributes, _ = attribute_input_ids.shape
+        if attribute_attention_mask is None:
+            attribute_attention_mask = torch.ones_like(attribute_input_ids)
+        if attribute_mask is None:
+            attribute_mask = attribute_attention_mask.any(dim=-1)
+        attribute_mask = attribute_mask.bool()
+        clip_dim = self.config.clip_config.projection_dim
+        embeds = self.logit_scale.new_zeros(batch, num_attributes, clip_dim, dtype=self.dtype)
+        if attribute_mask.any():
+            flat_ids = attribute_input_ids[attribute_mask]
+            flat_mask = attribute_attention_mask[attribute_mask]
+            length = int(flat_mask.sum(dim=-1).max())  # drop padding columns no attribute uses
+            features = self.attribute_projection(self._clip_text(flat_ids[:, :length], flat_mask[:, :length]))
+            embeds = embeds.masked_scatter(attribute_mask.unsqueeze(-1), features.to(embeds.dtype))
+        return self.attribute_pooler(embeds, attribute_mask)
+
+    def _product_modality_embeds(
+        self,
+        pixel_values: torch.Tensor | None,
+        title_input_ids: torch.Tensor | None,
+        title_attention_mask: torch.Tensor | None,
+        attribute_input_ids: torch.Tensor | None,
+        attribute_attention_mask: torch.Tensor | None,
+        attribute_mask: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        given = {"image": pixel_values, "title": title_input_ids, "attributes": attribute_input_ids}
+        argument = {"image": "pixel_values", "title": "title_input_ids", "attributes": "attribute_input_ids"}
+        missing = [m for m in self.config.product_modalities if given[m] is None]
+        if missing:
+            raise ValueError(
+                f"this CLIP-ITA model ({self.config.variant or self.config.product_modalities}) builds products from "
+                f"{self.config.product_modalities}, but the call lacks {', '.join(missing)} "
+                f"(argument {', '.join(argument[m] for m in missing)})"
+            )
+        embeds = {}
+        if "image" in self.config.product_modalities:
+            embeds["image"] = self._clip_image(pixel_values)
+        if "title" in self.config.product_modalities:
+            embeds["title"] = self._clip_text(title_input_ids, title_attention_mask)
+        if "attributes" in self.config.product_modalities:
+            embeds["attributes"] = self.encode_attributes(
+                attribute_input_ids, attribute_attention_mask, attribute_mask
+            )
+        return embeds
+
+    def get_product_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        title_input_ids: torch.Tensor | None = None,
+        title_attention_mask: torch.Tensor | None = None,
+        attribute_input_ids: torch.Tensor | None = None,
+        attribute_attention_mask: torch.Tensor | None = None,
+        attribute_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Product (image, title, attributes, as configured) -> product head, L2-normalised."""
+        embeds = self._product_modality_embeds(
+            pixel_values,
+            title_input_ids,
+            title_attention_mask,
+            attribute_input_ids,
+            attribute_attention_mask,
+            attribute_mask,
+        )
+        return F.normalize(self.product_head(torch.cat(list(embeds.values()), dim=-1)), dim=-1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        title_input_ids: torch.Tensor | None = None,
+        title_attention_mask: torch.Tensor | None = None,
+        attribute_input_ids: torch.Tensor | None = None,
+        attribute_attention_mask: torch.Tensor | None = None,
+        attribute_mask: torch.Tensor | None = None,
+        category_input_ids: torch.Tensor | None = None,
+        category_attention_mask: torch.Tensor | None = None,
+        category_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> CLIPITAOutput:
+        r"""Encode products and categories; with `return_loss`, pair product j with category j.
+
+        category_ids (`[B]`, optional): integer id of each pair's category; used by the
+            `multi_positive` loss so that same-category pairs are not negatives.
+        """
+        if category_input_ids is None:
+            raise ValueError("forward needs category_input_ids (the encoded category names)")
+        modality = self._product_modality_embeds(
+            pixel_values,
+            title_input_ids,
+            title_attention_mask,
+            attribute_input_ids,
+            attribute_attention_mask,
+            attribute_mask,
+        )
+        product_embeds = F.normalize(self.product_head(torch.cat(list(modality.values()), dim=-1)), dim=-1)
+        category_embeds = self.get_category_features(category_input_ids, category_attention_mask)
+        logit_scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        logits_per_category = logit_scale * category_embeds @ product_embeds.t()
+
+        loss = None
+        if return_loss:
+            if category_embeds.shape[0] != product_embeds.shape[0]:
+                raise ValueError(
+                    f"return_loss pairs category j with product j, got {category_embeds.shape[0]} categories "
+                    f"and {product_embeds.shape[0]} products"
+                )
+            loss = self.contrastive_loss(category_embeds, product_embeds, category_ids)
+        return CLIPITAOutput(
+            loss=loss,
+            logits_per_category=logits_per_category,
+            logits_per_product=logits_per_category.t(),
+            category_embeds=category_embeds,
+            product_embeds=product_embeds,
+            image_embeds=modality.get("image"),
+            title_embeds=modality.get("title"),
+            attribute_embeds=modality.get("attributes"),
+        )
+
+    def contrastive_loss(
+        self,
+        category_embeds: torch.Tensor,
+        product_embeds: torch.Tensor,
+        category_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The configured loss on (possibly gathered) normalised embeddings."""
+        if self.config.loss_type == "multi_positive" and category_ids is None:
+            raise ValueError(
+                "loss_type='multi_positive' needs category_ids (one integer id per pair's category)"
+            )
+        return clipita_contrastive_loss(
+            category_embeds,
+            product_embeds,
+            self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+            loss_lambda=self.config.loss_lambda,
+            category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
+        )
+
+    # ----- user helpers: batch, normalise, return numpy or torch -----
+
+    def _get_processor(self, processor):
+        if processor is not None:
+            return processor
+        if self.processor is None:
+            from transformers import AutoProcessor
+
+            if not self.name_or_path:
+                raise ValueError(
+                    "no processor: pass processor=... or load the model with from_pretrained(folder)"
+                )
+            self.processor = AutoProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
+        return self.processor
+
+    def _encode(
+        self, num_items: int, make_batch, encode_batch, batch_size, convert_to_numpy, show_progress_bar, desc
+    ):
+        starts = range(0, num_items, batch_size)
+        if show_progress_bar is None:
+            show_progress_bar = num_items > 4 * batch_size
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, unit="batch")
+        was_training = self.training
+        self.eval()
+        outputs = []
+        try:
+            with torch.no_grad():  # not inference_mode: tensors stay usable in autograd afterwards
+                for start in starts:
+                    inputs = make_batch(start, start + batch_size).to(self.device)
+                    outputs.append(encode_batch(inputs).float().cpu())
+        finally:
+            self.train(was_training)
+        embeds = torch.cat(outputs) if outputs else torch.zeros(0, self.config.projection_dim)
+        return embeds.numpy() if convert_to_numpy else embeds
+
+    def encode_categories(
+        self,
+        categories: Sequence[str | Sequence[str]],
+        batch_size: int = 64,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool | None = None,
+        processor=None,
+    ) -> np.ndarray | torch.Tensor:
+        """Category names or paths ("Home > Kitchen > Mugs" or a list) -> `[N, d]` normalised embeddings."""
+        processor = self._get_processor(processor)
+        categories = [categories] if isinstance(categories, str) else list(categories)
+        return self._encode(
+            len(categories),
+            lambda i, j: processor(categories=categories[i:j], return_tensors="pt"),
+            lambda b: self.get_category_features(b["category_input_ids"], b["category_attention_mask"]),
+            batch_size,
+            convert_to_numpy,
+            show_progress_bar,
+            "encoding categories",
+        )
+
+    def encode_products(
+        self,
+        images: Sequence | None = None,
+        titles: Sequence[str] | None = None,
+        attributes: Sequence | None = None,
+        batch_size: int = 32,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool | None = None,
+        processor=None,
+    ) -> np.ndarray | torch.Tensor:
+        """Products (PIL images, titles, attribute lists or dicts) -> `[N, d]` normalised embeddings.
+
+        Only the modalities this model uses are needed; a product's embedding does not depend on
+        the other products in its batch.
+        """
+        processor = self._get_processor(processor)
+        given = {"images": images, "titles": titles, "attributes": attributes}
+        lengths = {name: len(value) for name, value in given.items() if value is not None}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"images, titles and attributes must have one entry per product, got {lengths}")
+        needed = {"image": "images", "title": "titles", "attributes": "attributes"}
+        given = {needed[m]: given[needed[m]] for m in self.config.product_modalities}
+        missing = [name for name, value in given.items() if value is None]
+        if missing:
+            raise ValueError(
+                f"this CLIP-ITA model builds products from {self.config.product_modalities}; "
+                f"encode_products lacks {', '.join(missing)}"
+            )
+        return self._encode(
+            next(iter(lengths.values()), 0),
+            lambda i, j: processor(**{k: list(v[i:j]) for k, v in given.items()}, return_tensors="pt"),
+            lambda b: self.get_product_features(**b),
+            batch_size,
+            convert_to_numpy,
+            show_progress_bar,
+            "encoding products",
+        )
+
+
+__all__ = ["CLIPITAModel", "CLIPITAOutput", "CLIPITAPreTrainedModel", "clipita_contrastive_loss"]
