@@ -1,0 +1,313 @@
+"""Catalogue index core: resumable sharded encoding, index kinds, recall, filters, bad input.
+
+The encoder here is a stand-in (embeddings derived from product ids): it tests the index machinery,
+not retrieval quality.
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipita.index import (
+    CatalogueIndex,
+    choose_index_kind,
+    encode_to_shards,
+    load_shards,
+    normalise_attribute,
+    search,
+)
+
+DIM = 16
+
+
+def fake_embedding(product_id: str, dim: int = DIM) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(product_id.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def fake_encode(rows: list[dict]) -> np.ndarray:
+    assert all(isinstance(r["image"], Image.Image) for r in rows)  # images arrive decoded
+    return np.stack([fake_embedding(r["product_id"]) for r in rows])
+
+
+def png_bytes(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (i % 256, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+BROKEN = {5, 37}
+
+
+def make_catalogue(n: int = 120) -> datasets.Dataset:
+    colours, materials = ["red", "blue", "green"], ["wood", "steel"]
+    rows = {
+        "product_id": [f"p{i:04d}" for i in range(n)],
+        "image": [
+            {"bytes": b"not an image" if i in BROKEN else png_bytes(i), "path": None} for i in range(n)
+        ],
+        "title": [f"product {i}" for i in range(n)],
+        "attributes": [
+            [f"Colour: {colours[i % 3].title()}", f"material: {materials[i % 2]}"] for i in range(n)
+        ],
+        "category": [["Home", "Kitchen", "Mugs" if i % 2 else "Plates"] for i in range(n)],
+    }
+    features = datasets.Features(
+        {
+            "product_id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "title": datasets.Value("string"),
+            "attributes": datasets.List(datasets.Value("string")),
+            "category": datasets.List(datasets.Value("string")),
+        }
+    )
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return make_catalogue()
+
+
+def expected_ids(n: int = 120) -> list[str]:
+    return [f"p{i:04d}" for i in range(n) if i not in BROKEN]
+
+
+def test_encode_skips_broken_images_and_keeps_order(catalogue, tmp_path):
+    report = encode_to_shards(catalogue, fake_encode, tmp_path, batch_size=16, shard_size=50, progress=False)
+    assert report.complete and report.encoded == 118 and report.skipped == 2 and report.shards == 3
+    assert report.skipped_ids == ["p0005", "p0037"]
+    assert "skipped 2" in report.summary() and "p0005" in report.summary()
+    emb, meta = load_shards(tmp_path)
+    assert meta.column("product_id").to_pylist() == expected_ids()
+    np.testing.assert_array_equal(emb, np.stack([fake_embedding(p) for p in expected_ids()]))
+    assert meta.slice(0, 1).to_pylist()[0]["attributes"] == ["Colour: Red", "material: wood"]
+
+
+def test_encode_streaming_and_plain_iterables_match(catalogue, tmp_path):
+    encode_to_shards(catalogue, fake_encode, tmp_path / "ds", batch_size=16, shard_size=50, progress=False)
+    streaming = catalogue.to_iterable_dataset()
+    encode_to_shards(streaming, fake_encode, tmp_path / "stream", batch_size=7, shard_size=32, progress=False)
+    plain = [{**r, "image": Image.open(io.BytesIO(png_bytes(0)))} for r in catalogue.remove_columns("image")]
+    report = encode_to_shards(iter(plain), fake_encode, tmp_path / "plain", batch_size=4, progress=False)
+    assert report.encoded == 120
+    a, meta_a = load_shards(tmp_path / "ds")
+    b, meta_b = load_shards(tmp_path / "stream")
+    np.testing.assert_array_equal(a, b)
+    assert meta_a.equals(meta_b)
+
+
+def test_encode_skips_rows_the_encoder_rejects(catalogue, tmp_path):
+    def picky(rows):
+        if any(r["product_id"] == "p0010" for r in rows):
+            raise RuntimeError("cannot encode p0010")
+        return fake_encode(rows)
+
+    report = encode_to_shards(catalogue, picky, tmp_path, batch_size=16, progress=False)
+    assert report.skipped == 3 and "p0010" in report.skipped_ids
+    assert any("cannot encode p0010" in r for r in report.skip_reasons)
+    emb, meta = load_shards(tmp_path)
+    assert "p0010" not in meta.column("product_id").to_pylist() and len(emb) == 117
+
+
+def test_encode_that_always_fails_is_an_error_not_a_skip(catalogue, tmp_path):
+    def broken(rows):
+        raise RuntimeError("model not loaded")
+
+    with pytest.raises(RuntimeError, match="model not loaded"):
+        encode_to_shards(catalogue, broken, tmp_path, batch_size=16, progress=False)
+
+
+def test_resume_refuses_another_models_work(catalogue, tmp_path):
+    encode_to_shards(catalogue, fake_encode, tmp_path, progress=False, fingerprint={"model": "a"})
+    with pytest.raises(ValueError, match="another output folder"):
+        encode_to_shards(catalogue, fake_encode, tmp_path, progress=False, fingerprint={"model": "b"})
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import datasets
+    sys.path[:0] = [{tests!r}, {root!r}]
+    from test_index import fake_encode
+    from clipita.index import encode_to_shards
+
+    calls = 0
+    def encode(rows):
+        global calls
+        calls += 1
+        if os.environ.get("KILL_AT") and calls == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard kill, mid-shard
+        return fake_encode(rows)
+
+    ds = datasets.load_from_disk(sys.argv[1])
+    report = encode_to_shards(ds, encode, sys.argv[2], batch_size=10, shard_size=30, progress=False)
+    print("RESUMED_FROM", report.resumed_from_row, "CALLS", calls)
+    """
+)
+
+
+def test_killed_encode_resumes_to_the_same_result(catalogue, tmp_path):
+    catalogue.save_to_disk(str(tmp_path / "data"))
+    script = tmp_path / "encode_script.py"
+    tests = Path(__file__).resolve().parent
+    script.write_text(RESUME_SCRIPT.format(tests=str(tests), root=str(tests.parent)))
+    cmd = [sys.executable, str(script), str(tmp_path / "data"), str(tmp_path / "resumed")]
+    killed = subprocess.run(cmd, env={**os.environ, "KILL_AT": "8"}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    progress = json.loads((tmp_path / "resumed" / "progress.json").read_text())
+    assert not progress["complete"] and progress["rows_done"] == 60  # 7 batches done: shards 0-1 complete
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "RESUMED_FROM 60 CALLS 6" in resumed.stdout  # only rows 60..119 encoded again
+
+    encode_to_shards(catalogue, fake_encode, tmp_path / "whole", batch_size=10, shard_size=30, progress=False)
+    a, meta_a = load_shards(tmp_path / "resumed")
+    b, meta_b = load_shards(tmp_path / "whole")
+    np.testing.assert_array_equal(a, b)
+    assert meta_a.equals(meta_b)
+
+
+def test_choose_index_kind_by_size_and_budget():
+    assert choose_index_kind(10_000, 512) == "flat"
+    assert choose_index_kind(1_000_000, 512) == "hnsw"
+    assert choose_index_kind(1_000_000, 512, memory_budget_mb=500) == "ivfpq"  # flat alone is 2 GB
+    assert choose_index_kind(10_000, 512, memory_budget_mb=5) == "ivfpq"  # small but over budget
+    assert choose_index_kind(10_000, 512, exact_threshold=1000) == "hnsw"
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(clusters, size=n)] + 0.5 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def metadata_for(n: int) -> list[dict]:
+    colours = ["red", "blue", "green", "black"]
+    return [
+        {
+            "product_id": f"p{i}",
+            "title": f"t{i}",
+            "category": ["A", f"leaf{i % 5}"],
+            "attributes": [f"colour: {colours[i % 4]}", f"size: {'large' if i % 3 == 0 else 'small'}"],
+        }
+        for i in range(n)
+    ]
+
+
+def exact_top(emb: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(q @ emb.T), axis=1, kind="stable")[:, :k]
+
+
+def test_flat_index_is_exact_and_returns_everything_past_the_catalogue_size():
+    emb = clustered(300)
+    index = CatalogueIndex.build(emb, metadata_for(300), progress=False)
+    assert index.kind == "flat" and index.manifest["recall"]["exact"]
+    q = clustered(5, seed=1)
+    hits = index.search(q, k=10)
+    assert [[int(h.product_id[1:]) for h in row] for row in hits] == exact_top(emb, q, 10).tolist()
+    assert hits[0][0].score == pytest.approx(float(q[0] @ emb[int(hits[0][0].product_id[1:])]), abs=1e-5)
+    everything = index.search(q[0], k=10_000)[0]
+    assert len(everything) == 300 and len({h.product_id for h in everything}) == 300
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        index.search(q, k=0)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_approximate_index_records_recall_and_still_returns_everything(kind, tmp_path, capsys):
+    emb = clustered(3000)
+    text = clustered(50, seed=7)
+    index = CatalogueIndex.build(
+        emb, metadata_for(3000), kind=kind, text_queries=text, recall_queries=200, progress=False
+    )
+    recall = index.manifest["recall"]
+    assert index.kind == kind and not recall["exact"]
+    assert 0.0 <= recall["recall_at_10"] <= 1.0 and recall["text_queries"] == 50
+    assert recall["recall_at_10_products"] > (0.9 if kind == "hnsw" else 0.3)
+    index.save(tmp_path)
+    loaded = CatalogueIndex.load(tmp_path)
+    saved = json.loads((tmp_path / "manifest.json").read_text())
+    assert saved["recall"] == recall and saved["index"]["kind"] == kind
+    everything = loaded.search(text[:2], k=5000)
+    assert all(len(row) == 3000 and len({h.product_id for h in row}) == 3000 for row in everything)
+
+
+def test_save_load_roundtrip_and_dimension_mismatch(tmp_path):
+    emb = clustered(200)
+    model_info = {"name_or_path": "models/tiny-32", "projection_dim": 32}
+    index = CatalogueIndex.build(emb, metadata_for(200), model_info=model_info, progress=False)
+    index.save(tmp_path / "idx")
+    loaded = CatalogueIndex.load(tmp_path / "idx")
+    manifest = loaded.manifest
+    assert manifest["embedding_dim"] == 32 and manifest["count"] == 200 and manifest["model"] == model_info
+    assert {"created", "clipita_version", "index", "recall"} <= set(manifest)
+    q = clustered(3, seed=2)
+    assert [[h.product_id for h in r] for r in loaded.search(q, 7)] == [
+        [h.product_id for h in r] for r in index.search(q, 7)
+    ]
+    with pytest.raises(ValueError, match=r"64-d.*32-d embeddings built by models/tiny-32"):
+        loaded.search(np.ones((1, 64), np.float32), 5)
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        CatalogueIndex.load(tmp_path)
+
+
+def test_attribute_filters_case_insensitive_and_all_required():
+    emb = clustered(400)
+    meta = metadata_for(400)
+    index = CatalogueIndex.build(emb, meta, progress=False)
+    q = clustered(2, seed=3)
+    wanted = {i for i in range(400) if i % 4 == 0 and i % 3 == 0}  # colour red and size large
+    hits = index.search(q, k=1000, filters=["Colour : RED", "size: Large"])
+    assert all({int(h.product_id[1:]) for h in row} == wanted for row in hits)
+    top = index.search(q, k=5, filters=["colour: red", "size: large"])
+    rows = np.array(sorted(wanted))
+    best = rows[exact_top(emb[rows], q, 5)]
+    assert [[int(h.product_id[1:]) for h in r] for r in top] == best.tolist()
+    index.exact_subset_limit = 0  # the FAISS id-selector path must agree with the exact one
+    assert [
+        [int(h.product_id[1:]) for h in r]
+        for r in index.search(q, k=5, filters=["colour: red", "size: large"])
+    ] == (best.tolist())
+    assert index.search(q, k=5, filters=["colour: purple"]) == [[], []]
+    with pytest.raises(ValueError, match="'key: value'"):
+        index.search(q, k=5, filters=["red"])
+    assert normalise_attribute(" Colour:Red ") == "colour: red"
+
+
+class FakeModel:
+    """Stands in for CLIPITAModel.encode_categories: enough to test the search front end."""
+
+    def __init__(self, dim: int):
+        self.config = type("Config", (), {"projection_dim": dim})()
+        self.name_or_path = f"fake-{dim}"
+
+    def encode_categories(self, texts, convert_to_numpy=True, processor=None):
+        return np.stack([fake_embedding(t, self.config.projection_dim) for t in texts])
+
+
+def test_search_front_end_checks_queries_and_model_dimension(tmp_path):
+    emb = np.stack([fake_embedding(f"p{i}") for i in range(50)])
+    index = CatalogueIndex.build(
+        emb, metadata_for(50), model_info={"name_or_path": "fake-16"}, progress=False
+    )
+    index.save(tmp_path)
+    hits = search(["Mugs", "Plates"], k=3, model=FakeModel(DIM), index=tmp_path)
+    assert [len(h) for h in hits] == [3, 3] and hits[0][0].score >= hits[0][1].score
+    assert search("Mugs", k=100, model=FakeModel(DIM), index=index)[0][0].product_id == hits[0][0].product_id
+    for empty in ([], [""], ["Mugs", "   "]):
+        with pytest.raises(ValueError, match="empty query"):
+            search(empty, model=FakeModel(DIM), index=index)
+    with pytest.raises(ValueError, match=r"model fake-32 gives 32-d.*16-d embeddings built by fake-16"):
+        search(["Mugs"], model=FakeModel(32), index=index)
