@@ -1,0 +1,204 @@
+"""The evaluation protocol: queries per setting, seen / unseen, rankers, grouping, error analysis, reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipita.baselines import BM25Ranker
+from clipita.evaluation import (
+    DenseRanker,
+    evaluate_rankings,
+    format_table,
+    metric_names,
+    plot_results,
+    query_nodes,
+    seen_nodes,
+)
+
+# Products 0..5 and their paths; training saw A>B>C and F>G only.
+PATHS = [list("ABC"), list("ABD"), list("AE"), list("FG"), list("ABC"), list("FH")]
+TRAIN = [list("ABC"), list("FG")]
+# A fixed ranking of all six products per query text (texts are the nodes' last names).
+LISTS = {
+    "A": [0, 3, 1, 2, 4, 5],
+    "B": [0, 1, 4, 2, 3, 5],
+    "C": [0, 1, 4, 2, 3, 5],
+    "D": [2, 1, 0, 3, 4, 5],
+    "E": [2, 0, 1, 3, 4, 5],
+    "F": [3, 5, 0, 1, 2, 4],
+    "G": [5, 3, 0, 1, 2, 4],
+    "H": [0, 1, 2, 3, 4, 5],
+}
+
+
+class FixedRanker:
+    def __init__(self, lists):
+        self.lists, self.calls = lists, []
+
+    def rank(self, query_texts, k):
+        self.calls.append((list(query_texts), k))
+        return np.array([self.lists[t][:k] for t in query_texts])
+
+
+class OracleRanker:
+    """Relevant products first (for a node named by its last letter), then the rest."""
+
+    def rank(self, query_texts, k):
+        return np.array([sorted(range(len(PATHS)), key=lambda i: t not in PATHS[i])[:k] for t in query_texts])
+
+
+def test_query_nodes_per_setting():
+    assert query_nodes(PATHS, "general") == [("A",), ("F",)]
+    assert query_nodes(PATHS, "specific") == [
+        tuple("ABC"),
+        tuple("ABD"),
+        tuple("AE"),
+        tuple("FG"),
+        tuple("FH"),
+    ]
+    assert len(query_nodes(PATHS, "all")) == 8  # A, AB, ABC, ABD, AE, F, FG, FH
+    with pytest.raises(ValueError, match="unknown setting"):
+        query_nodes(PATHS, "leaf")
+
+
+def test_seen_nodes_are_every_prefix_of_training_paths():
+    assert seen_nodes(TRAIN) == {("A",), ("A", "B"), tuple("ABC"), ("F",), ("F", "G")}
+
+
+def test_specific_setting_by_hand():
+    result = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN, settings=("specific",))["specific"]
+    assert result["num_queries"] == {"overall": 5, "seen": 2, "unseen": 3}
+    # Per query (C, D, E, G, H): P@1 1 0 1 0 0; AP@10 5/6 1/2 1 1/2 1/6; R-precision 1/2 0 1 0 0.
+    assert result["overall"]["P@1"] == pytest.approx(2 / 5)
+    assert result["seen"]["P@1"] == pytest.approx(1 / 2)  # C, G
+    assert result["unseen"]["P@1"] == pytest.approx(1 / 3)  # D, E, H
+    assert result["overall"]["mAP@10"] == pytest.approx((5 / 6 + 1 / 2 + 1 + 1 / 2 + 1 / 6) / 5)
+    assert result["overall"]["R-precision"] == pytest.approx(1.5 / 5)
+    assert result["overall"]["MRR"] == pytest.approx((1 + 1 / 2 + 1 + 1 / 2 + 1 / 6) / 5)
+    # 24 wrong products in the top 10; 10 share the query's root; depth distances 1: 8, 2: 12, 3: 4.
+    assert result["error_analysis"] == {
+        "num_wrong": 24,
+        "same_path_share": pytest.approx(10 / 24),
+        "depth_distance": {
+            "1": pytest.approx(8 / 24),
+            "2": pytest.approx(12 / 24),
+            "3": pytest.approx(4 / 24),
+        },
+    }
+
+
+def test_general_setting_empty_unseen_group_is_null():
+    result = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN, settings=("general",))["general"]
+    assert result["num_queries"] == {"overall": 2, "seen": 2, "unseen": 0}
+    assert result["unseen"] == dict.fromkeys(metric_names())
+    # A: top 4 = 0 3 1 2 -> 3 of R=4; F: top 2 = 3 5 -> 2 of R=2.
+    assert result["overall"]["R-precision"] == pytest.approx((3 / 4 + 1) / 2)
+    # Wrong products of a root query never share its root: all at distance 1.
+    assert result["error_analysis"]["same_path_share"] == 0.0
+    assert result["error_analysis"]["depth_distance"] == {"1": 1.0}
+
+
+def test_results_shape_and_ranges_for_every_setting():
+    results = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN)
+    assert list(results) == ["all", "general", "specific"]
+    for result in results.values():
+        assert set(result) == {"overall", "seen", "unseen", "num_queries", "error_analysis"}
+        for group in ("overall", "seen", "unseen"):
+            assert list(result[group]) == metric_names()
+            assert all(v is None or 0.0 <= v <= 1.0 for v in result[group].values())
+        assert (
+            result["num_queries"]["overall"]
+            == result["num_queries"]["seen"] + result["num_queries"]["unseen"]
+        )
+
+
+def test_oracle_ranker_scores_perfectly():
+    result = evaluate_rankings(OracleRanker(), PATHS, TRAIN, settings=("specific",))["specific"]["overall"]
+    for name in ("P@1", "mAP@5", "mAP@10", "R-precision", "R@10", "MRR", "nDCG@10"):
+        assert result[name] == pytest.approx(1.0), name
+
+
+def test_depth_reaches_r_and_grouping_changes_nothing():
+    # 40 products under one root: R = 40 > 10, so the root query is ranked 40 deep.
+    paths = [["Root", f"leaf{i % 4}"] for i in range(40)] + [["Other", "x"]] * 5
+    rng = np.random.default_rng(0)
+    perms = {
+        name: list(rng.permutation(45)) for name in ["Root", "Other", "x"] + [f"leaf{i}" for i in range(4)]
+    }
+    one = FixedRanker(perms)
+    together = evaluate_rankings(one, paths, paths[:10], settings=("all",))
+    assert any("Root" in texts and k >= 40 for texts, k in one.calls)
+    split = FixedRanker(perms)
+    apart = evaluate_rankings(split, paths, paths[:10], settings=("all",), max_entries=50)
+    assert len(split.calls) > len(one.calls)  # really grouped differently
+    assert apart == together
+
+
+def test_max_queries_samples_with_seed():
+    a = evaluate_rankings(
+        FixedRanker(LISTS), PATHS, TRAIN, settings=("all",), max_queries_per_setting=3, seed=1
+    )
+    b = evaluate_rankings(
+        FixedRanker(LISTS), PATHS, TRAIN, settings=("all",), max_queries_per_setting=3, seed=1
+    )
+    assert a["all"]["num_queries"]["overall"] == 3
+    assert a == b
+
+
+def test_bad_paths_and_rankers_are_clear_errors():
+    with pytest.raises(ValueError, match="product 1: category path"):
+        evaluate_rankings(FixedRanker(LISTS), [["A"], "A>B"], TRAIN)
+
+    class OutOfRange:
+        def rank(self, texts, k):
+            return np.full((len(texts), k), 99)
+
+    with pytest.raises(ValueError, match="outside"):
+        evaluate_rankings(OutOfRange(), PATHS, TRAIN, settings=("general",))
+
+
+def test_dense_ranker_is_exact_cosine_search_in_batches():
+    rng = np.random.default_rng(0)
+    products = rng.normal(size=(300, 16)) * rng.uniform(0.5, 3, size=(300, 1))  # norms must not matter
+    table = {f"q{i}": rng.normal(size=16) for i in range(7)}
+    ranker = DenseRanker(products, lambda texts: np.stack([table[t] for t in texts]), batch_size=3)
+    got = ranker.rank(list(table), 12)
+    unit = products / np.linalg.norm(products, axis=1, keepdims=True)
+    expected = np.argsort(-(np.stack(list(table.values())) @ unit.T), axis=1)[:, :12]
+    np.testing.assert_array_equal(got, expected)
+    assert ranker.rank(["q0"], 1000).shape == (1, 300)  # k past N is clipped
+
+
+def test_dense_ranker_end_to_end_on_separable_embeddings():
+    # Each product's embedding is its leaf's one-hot: leaf queries are answered perfectly.
+    leaves = sorted({tuple(p) for p in PATHS})
+    onehot = np.eye(len(leaves))
+    products = np.stack([onehot[leaves.index(tuple(p))] for p in PATHS])
+    by_name = {leaf[-1]: onehot[i] for i, leaf in enumerate(leaves)}
+    ranker = DenseRanker(products, lambda texts: np.stack([by_name[t] for t in texts]))
+    result = evaluate_rankings(ranker, PATHS, TRAIN, settings=("specific",))["specific"]["overall"]
+    assert result["R-precision"] == pytest.approx(1.0)
+    assert result["MRR"] == pytest.approx(1.0)
+
+
+def test_bm25_ranker_ranks_matching_titles_first():
+    ranker = BM25Ranker(["red mug ceramic", "blue running shoes", "mug holder", "", "the of"])
+    ranked = ranker.rank(["mug", "shoes", "the"], 10)
+    assert ranked.shape == (3, 5)  # clipped to the catalogue
+    assert set(ranked[0, :2]) == {0, 2}
+    assert ranked[1, 0] == 1
+    assert sorted(ranked[2]) == [0, 1, 2, 3, 4]  # a stopword-only query still ranks every product
+
+
+def test_format_table_and_plot(tmp_path):
+    results = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN)
+    table = format_table({"fixed": {"model": "fixed", "settings": results}, "bare": results})
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert len(rows) == 4  # header, rule, two models
+    assert rows[0].count("|") == 11  # model + 3 settings x (overall, seen, unseen)
+    spec = results["specific"]["overall"]
+    assert f"{100 * spec['P@10']:.2f} / {100 * spec['mAP@10']:.2f}" in rows[2]
+    assert "| - / - |" in rows[2]  # general has no unseen queries
+    png = plot_results({"fixed": results}, tmp_path / "docs" / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
