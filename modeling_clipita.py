@@ -188,6 +188,13 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         clip.logit_scale.requires_grad_(False)  # CLIP's own scale is unused; ours is self.logit_scale
 
     @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As PreTrainedModel's, then re-lock the configured towers (loading re-creates the parameters)."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.apply_freezing()
+        return model
+
+    @classmethod
     def from_clip(cls, pretrained_model_name_or_path, **config_overrides) -> CLIPITAModel:
         """Start from any Hugging Face CLIP checkpoint (e.g. openai/clip-vit-base-patch32): towers
         and projections are copied exactly; attribute tower and heads are new."""
