@@ -1,0 +1,310 @@
+"""Hub release: check that a model folder is ready to publish, then upload it with huggingface_hub.
+
+Everything up to the upload is checked offline (the Hub may be out of reach): the files a Hub user's
+`AutoModel.from_pretrained(..., trust_remote_code=True)` needs, safetensors only, a card whose metadata
+parses, and no access token anywhere. Tokens are never taken as arguments: huggingface_hub reads them
+from `HF_TOKEN` or the `hf auth login` file itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub.repocard import metadata_load
+from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, get_stored_tokens
+
+CODE_FILES = ("configuration_clipita.py", "modeling_clipita.py", "processing_clipita.py")
+MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+# A Hugging Face user access token: "hf_" and 30+ letters/digits (identifiers like hf_hub_download have "_").
+TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}(?![A-Za-z0-9])")
+INDEX_MANIFEST = "manifest.json"
+
+
+# ----- secrets -------------------------------------------------------------------------------------------
+
+
+def known_tokens() -> list[str]:
+    """The tokens this machine would authenticate with (environment, login file, stored tokens).
+
+    Read directly, not through `huggingface_hub.get_token`, which may refresh or exchange tokens online.
+    """
+    tokens = [os.environ.get(name, "") for name in TOKEN_ENV_VARS]
+    try:
+        tokens.append(Path(constants.HF_TOKEN_PATH).read_text())
+    except OSError:
+        pass
+    tokens += get_stored_tokens().values()
+    return sorted({t.strip() for t in tokens if len(t.strip()) >= 8})
+
+
+def find_secret(text: str | bytes, tokens: Iterable[str] | None = None) -> str | None:
+    """Why `text` holds a secret ("an hf_ token", "the value of HF_TOKEN"...), or None; never the secret."""
+    data = text.encode("utf-8", "ignore") if isinstance(text, str) else text
+    for token in known_tokens() if tokens is None else tokens:
+        if token.encode() in data:
+            return "a Hugging Face access token of this machine (environment or login)"
+    if TOKEN_PATTERN.search(data.decode("utf-8", "ignore")):
+        return "a string shaped like a Hugging Face access token (hf_...)"
+    return None
+
+
+def _safetensors_header(path: Path) -> bytes:
+    """The JSON header of a safetensors file (names, shapes, metadata): the only place text can hide."""
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return f.read(min(size, 100_000_000))
+
+
+# ----- folder checks -------------------------------------------------------------------------------------
+
+
+def release_files(folder: str | os.PathLike) -> list[str]:
+    """The files `upload_folder` would send (it skips .git/ and .cache/huggingface/), relative, sorted."""
+    root = Path(folder)
+    files = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
+    return list(filter_repo_objects(files, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
+
+
+def _read_json(path: Path, problems: list[str]) -> dict | None:
+    if not path.is_file():
+        problems.append(f"{path.name} is missing")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        problems.append(f"{path.name} is not valid JSON: {error}")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path.name} must hold a JSON object")
+        return None
+    return data
+
+
+def _check_auto_map(
+    folder: Path, file_name: str, auto_map: dict, classes: Iterable[str], problems: list[str]
+):
+    for auto_class in classes:
+        reference = auto_map.get(auto_class)
+        if not isinstance(reference, str) or "." not in reference:
+            problems.append(
+                f"{file_name}: auto_map lacks {auto_class} (save after importing clipita.bootstrap)"
+            )
+            continue
+        module = reference.split("--")[-1].rsplit(".", 1)[0] + ".py"
+        if not (folder / module).is_file():
+            problems.append(f"{file_name}: auto_map.{auto_class} points to {module}, which the folder lacks")
+
+
+def _check_code(folder: Path, problems: list[str]) -> None:
+    """Remote code must import only transformers / torch / its siblings: never this project's package."""
+    for name in CODE_FILES:
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"code file {name} is missing")
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=name)
+        except SyntaxError as error:
+            problems.append(f"code file {name} does not parse: {error}")
+            continue
+        for node in ast.walk(tree):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            if any(m == "clipita" or m.startswith("clipita.") for m in modules):
+                problems.append(
+                    f"code file {name} line {node.lineno} imports the clipita package (not on the Hub)"
+                )
+
+
+def _check_weights(files: list[str], problems: list[str]) -> None:
+    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        problems.append(f"pickle-based files would be uploaded (use safetensors only): {', '.join(pickles)}")
+    if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
+        problems.append(
+            "model.safetensors is missing (save with save_pretrained(..., safe_serialization=True))"
+        )
+
+
+def _check_tokenizer(files: list[str], processor_config: dict | None, problems: list[str]) -> None:
+    if "tokenizer_config.json" not in files:
+        problems.append("tokenizer_config.json is missing (save the processor with save_pretrained)")
+    if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= set(files):
+        problems.append("tokenizer files are missing: tokenizer.json (or vocab.json + merges.txt)")
+    has_image_processor = "preprocessor_config.json" in files or (
+        processor_config is not None and isinstance(processor_config.get("image_processor"), dict)
+    )
+    if not has_image_processor:
+        problems.append(
+            "no image processor configuration (processor_config.json or preprocessor_config.json)"
+        )
+
+
+def check_model_card(path: str | os.PathLike) -> list[str]:
+    """README.md metadata: parses with huggingface_hub, says what the Hub needs, and its model-index
+    round-trips through `EvalResult`s unchanged (the Hub's own YAML check runs during upload)."""
+    path = Path(path)
+    if not path.is_file():
+        return ["README.md (the model card) is missing"]
+    problems = []
+    try:
+        card = ModelCard.load(path)
+        raw = metadata_load(path) or {}
+    except Exception as error:  # any parse failure is a problem to report, not a crash
+        return [f"README.md metadata does not parse: {error}"]
+    if not card.text.strip():
+        problems.append("README.md has metadata but no text")
+    for key in ("license", "library_name", "pipeline_tag"):
+        if not card.data.get(key):
+            problems.append(f"README.md metadata lacks {key}")
+    if "custom_code" not in (card.data.get("tags") or []):
+        problems.append("README.md metadata tags lack custom_code (the model needs trust_remote_code=True)")
+    model_index = raw.get("model-index")
+    if model_index is not None:
+        try:
+            name, results = model_index_to_eval_results(model_index)
+            if eval_results_to_model_index(name, results) != model_index:
+                problems.append("README.md model-index has fields EvalResult does not keep")
+            bad = [r.metric_type for r in results if not isinstance(r.metric_value, (int, float))]
+            if bad:
+                problems.append(f"README.md model-index has non-numeric values for {', '.join(bad)}")
+        except (KeyError, TypeError, ValueError) as error:
+            problems.append(f"README.md model-index is invalid: {error!r}")
+    for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", card.text):
+        if "://" not in target and not (path.parent / target).is_file():
+            problems.append(f"README.md shows {target}, which the folder lacks")
+    return problems
+
+
+def scan_for_secrets(folder: str | os.PathLike, files: list[str] | None = None) -> list[str]:
+    """Problems for every release file holding an access token (the problem names the file, never the token)."""
+    root = Path(folder)
+    tokens = known_tokens()
+    problems = []
+    for name in release_files(root) if files is None else files:
+        path = root / name
+        data = _safetensors_header(path) if name.endswith(".safetensors") else path.read_bytes()
+        reason = find_secret(data, tokens)
+        if reason:
+            problems.append(f"{name} contains {reason}")
+    return problems
+
+
+def check_release_folder(model_dir: str | os.PathLike) -> list[str]:
+    """Everything that keeps `model_dir` from being a working Hub release; an empty list means ready."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    files = release_files(folder)
+    problems: list[str] = []
+
+    config = _read_json(folder / "config.json", problems)
+    if config is not None:
+        _check_auto_map(folder, "config.json", config.get("auto_map") or {}, MODEL_AUTO_CLASSES, problems)
+    processor_config = _read_json(folder / "processor_config.json", problems)
+    if processor_config is not None:
+        _check_auto_map(
+            folder,
+            "processor_config.json",
+            processor_config.get("auto_map") or {},
+            ["AutoProcessor"],
+            problems,
+        )
+    _check_code(folder, problems)
+    _check_weights(files, problems)
+    _check_tokenizer(files, processor_config, problems)
+    problems += check_model_card(folder / "README.md")
+    problems += scan_for_secrets(folder, files)
+    return problems
+
+
+def check_index_folder(index_dir: str | os.PathLike) -> list[str]:
+    """A catalogue index folder (clipita.index layout) fit for a dataset repo: complete, no pickles or tokens."""
+    folder = Path(index_dir)
+    if not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    files = release_files(folder)
+    problems = []
+    if INDEX_MANIFEST not in files:
+        problems.append(
+            f"{INDEX_MANIFEST} is missing: the index was not saved completely (CatalogueIndex.save)"
+        )
+    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        problems.append(f"pickle-based files would be uploaded: {', '.join(pickles)}")
+    return problems + scan_for_secrets(folder, files)
+
+
+# ----- upload --------------------------------------------------------------------------------------------
+
+
+class ReleaseError(RuntimeError):
+    """The folder is not ready: the message lists every problem found."""
+
+    def __init__(self, folder: str | os.PathLike, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{folder} is not ready for the Hub:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def push_folder(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    commit_message: str = "Upload CLIP-ITA model",
+    index_dir: str | os.PathLike | None = None,
+    index_repo_id: str | None = None,
+) -> dict[str, str]:
+    """Check, then upload the model folder (and optionally the catalogue index as a dataset repo).
+
+    Returns the commit URLs by repo kind. Nothing is uploaded when any check fails.
+    """
+    if (index_dir is None) != (index_repo_id is None):
+        raise ValueError("give both index_dir and index_repo_id to upload the index, or neither")
+    problems = check_release_folder(model_dir)
+    if problems:
+        raise ReleaseError(model_dir, problems)
+    if index_dir is not None:
+        index_problems = check_index_folder(index_dir)
+        if index_problems:
+            raise ReleaseError(index_dir, index_problems)
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(model_dir), commit_message=commit_message)
+    urls = {"model": str(getattr(commit, "commit_url", commit))}
+    if index_dir is not None:
+        api.create_repo(index_repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=index_repo_id,
+            folder_path=str(index_dir),
+            repo_type="dataset",
+            commit_message=f"Upload the catalogue index of {repo_id}",
+        )
+        urls["index"] = str(getattr(commit, "commit_url", commit))
+    return urls
+
+
+__all__ = [
+    "ReleaseError",
+    "check_index_folder",
+    "check_model_card",
+    "check_release_folder",
+    "find_secret",
+    "known_tokens",
+    "push_folder",
+    "release_files",
+    "scan_for_secrets",
+]
