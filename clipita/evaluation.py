@@ -171,14 +171,19 @@ class DenseRanker:
 
 
 def _groups_by_depth(num_relevant: np.ndarray, max_entries: int, max_queries: int) -> list[np.ndarray]:
-    """Query index groups (ordered by R) whose retrieval matrix [group, max(10, R)] stays under max_entries."""
+    """Query index groups, ordered by R, each retrieved at its deepest member's max(10, R): the matrix
+    [group, depth] stays under max_entries, and no member is searched more than twice as deep as it needs."""
     order = np.argsort(num_relevant, kind="stable")
-    groups, current = [], []
+    groups, current, first_depth = [], [], 0
     for q in order:
         depth = max(ERROR_DEPTH, int(num_relevant[q]))
-        if current and ((len(current) + 1) * depth > max_entries or len(current) >= max_queries):
+        if current and (
+            (len(current) + 1) * depth > max_entries or len(current) >= max_queries or depth > 2 * first_depth
+        ):
             groups.append(np.array(current))
             current = []
+        if not current:
+            first_depth = depth
         current.append(q)
     if current:
         groups.append(np.array(current))
