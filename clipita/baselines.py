@@ -10,6 +10,9 @@ from collections.abc import Callable, Sequence
 
 import bm25s
 import numpy as np
+import torch
+
+from clipita.evaluation import embed_rows
 
 
 class BM25Ranker:
@@ -43,3 +46,35 @@ class BM25Ranker:
         return self.retriever.retrieve(tokens, k=k, return_as="documents", show_progress=False).astype(
             np.int64
         )
+
+
+def _in_batches(items: Sequence, encode: Callable[[list], torch.Tensor], batch_size: int) -> np.ndarray:
+    with torch.no_grad():
+        parts = [
+            encode(list(items[i : i + batch_size])).float().cpu() for i in range(0, len(items), batch_size)
+        ]
+    return torch.cat(parts).numpy()
+
+
+def clip_zero_shot_embeddings(
+    model, processor, products, batch_size: int = 64
+) -> tuple[np.ndarray, Callable]:
+    """Zero-shot CLIP: product images through CLIP's own image projection ([N, d], NaN rows: skipped
+    products) and an encoder of category names through its text projection. No CLIP-ITA head is used."""
+
+    def encode_images(rows: dict) -> np.ndarray:
+        def batch(images: list) -> torch.Tensor:
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+            return model.get_image_features(pixels.to(model.device))
+
+        return _in_batches(rows["image"], batch, batch_size)
+
+    def encode_queries(texts: list[str]) -> np.ndarray:
+        def batch(chunk: list[str]) -> torch.Tensor:
+            tokens = processor(categories=chunk, return_tensors="pt").to(model.device)
+            return model.get_text_features(tokens["category_input_ids"], tokens["category_attention_mask"])
+
+        return _in_batches(texts, batch, batch_size)
+
+    model.eval()
+    return embed_rows(products, ["image"], encode_images, chunk_size=8 * batch_size), encode_queries

@@ -232,7 +232,7 @@ def evaluate_rankings(
         wrong_common: list[np.ndarray] = []  # shared prefix length of each wrong top-10 product
         wrong_distance: list[np.ndarray] = []
         groups = _groups_by_depth(num_relevant, max_entries, query_batch)
-        for group in tqdm(groups, desc=f"Ranking ({setting})", disable=len(groups) < 2):
+        for group in tqdm(groups, desc=f"Ranking ({setting})", disable=len(groups) < 4):
             depth = max(ERROR_DEPTH, int(num_relevant[group].max()))
             retrieved = np.asarray(ranker.rank([query_text(nodes[q]) for q in group], depth))
             if retrieved.shape[0] != len(group) or retrieved.ndim != 2:
@@ -276,6 +276,186 @@ def _error_analysis(common: np.ndarray, distance: np.ndarray) -> dict:
         "same_path_share": float((common >= 1).mean()) if n else None,
         "depth_distance": {str(d): float(share) for d, share in enumerate(histogram) if share},
     }
+
+
+# --- checkpoints and catalogues ------------------------------------------------------------------------
+
+# Model modality -> (catalogue column, `encode_products` argument).
+MODALITY_COLUMNS = {
+    "image": ("image", "images"),
+    "title": ("title", "titles"),
+    "attributes": ("attributes", "attributes"),
+}
+
+
+def embed_rows(
+    products,
+    columns: Sequence[str],
+    encode: Callable[[dict], np.ndarray],
+    chunk_size: int = 512,
+    desc: str = "Encoding products",
+) -> np.ndarray:
+    """Encode a `datasets.Dataset` chunk by chunk (one chunk of decoded images in memory at a time).
+
+    A chunk that fails is retried row by row; a row that still fails (unreadable image, bad field) becomes
+    a NaN row, counted and logged, instead of ending the run. If every row of the first chunk fails, the
+    error is systematic (wrong model or columns) and is raised.
+    """
+    view = products.select_columns(list(columns))
+    out: np.ndarray | None = None
+    broken: list[int] = []
+    for start in tqdm(range(0, len(view), chunk_size), desc=desc, disable=len(view) <= chunk_size):
+        stop = min(start + chunk_size, len(view))
+        try:
+            rows = {start: np.asarray(encode(view[start:stop]), dtype=np.float32)}
+        except Exception as chunk_error:  # isolate the broken rows, then go on
+            rows = {}
+            for i in range(start, stop):
+                try:
+                    rows[i] = np.asarray(encode(view[i : i + 1]), dtype=np.float32)
+                except Exception as error:
+                    logger.warning("product %d skipped: %s: %s", i, type(error).__name__, error)
+                    broken.append(i)
+            if not rows and start == 0:
+                raise ValueError(
+                    f"no product of the first chunk could be encoded: {chunk_error}"
+                ) from chunk_error
+        for i, vectors in rows.items():
+            if out is None:
+                out = np.full((len(view), vectors.shape[1]), np.nan, dtype=np.float32)
+            out[i : i + len(vectors)] = vectors
+    if out is None:
+        raise ValueError("no product could be encoded")
+    if broken:
+        logger.warning("%d of %d products could not be encoded and are left out", len(broken), len(view))
+    return out
+
+
+def load_checkpoint(path: str, device: str | None = None):
+    """A CLIP-ITA folder or Hub id -> (model in eval mode on device, processor), through remote code."""
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModel.from_pretrained(path, trust_remote_code=True).to(device).eval()
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    return model, processor
+
+
+def clipita_embeddings(model, processor, products, batch_size: int = 64) -> tuple[np.ndarray, Callable]:
+    """CLIP-ITA product embeddings [N, d] (NaN rows: skipped products) and its category-text encoder."""
+    modalities = model.config.product_modalities
+
+    def encode(rows: dict) -> np.ndarray:
+        inputs = {MODALITY_COLUMNS[m][1]: rows[MODALITY_COLUMNS[m][0]] for m in modalities}
+        return model.encode_products(
+            **inputs, batch_size=batch_size, processor=processor, show_progress_bar=False
+        )
+
+    def encode_queries(texts: list[str]) -> np.ndarray:
+        return model.encode_categories(
+            texts, batch_size=batch_size, processor=processor, show_progress_bar=False
+        )
+
+    columns = [MODALITY_COLUMNS[m][0] for m in modalities]
+    return embed_rows(products, columns, encode, chunk_size=8 * batch_size), encode_queries
+
+
+def evaluate_dense(
+    embeds: np.ndarray,
+    encode_queries: Callable,
+    product_paths: Sequence[Sequence[str]],
+    train_paths,
+    **protocol,
+) -> tuple[dict, int]:
+    """Exact search over the products that could be encoded (non-NaN rows). Returns (results, skipped)."""
+    kept = np.flatnonzero(~np.isnan(embeds).any(axis=1))
+    ranker = DenseRanker(embeds[kept], encode_queries)
+    results = evaluate_rankings(ranker, [product_paths[i] for i in kept], train_paths, **protocol)
+    return results, len(embeds) - len(kept)
+
+
+BASELINES = ("bm25", "clip-zero-shot")
+BASELINE_NAMES = {"bm25": "BM25", "clip-zero-shot": "CLIP zero-shot"}
+
+
+def run_evaluation(
+    catalogue,
+    split: str = "test",
+    model_paths: Sequence[str] = (),
+    baselines: Sequence[str] = BASELINES,
+    dataset_name: str | None = None,
+    zero_shot_from: str | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    **protocol,
+) -> dict:
+    """Evaluate checkpoints and baselines on one split of a catalogue (`datasets.DatasetDict` with a train split).
+
+    Returns the results.json object: the first model's run (or the first baseline's, without models) with the
+    issue's keys, and every other run, same shape, under "baselines". ``protocol`` goes to `evaluate_rankings`
+    (settings, max_queries_per_setting, seed). The zero-shot CLIP baseline uses the CLIP towers and
+    projections inside ``zero_shot_from`` (default: the first model), so it is zero-shot only when that
+    model kept CLIP frozen.
+    """
+    from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings
+
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+    for needed in ("train", split):
+        if needed not in catalogue:
+            raise ValueError(f"the catalogue has no {needed!r} split (splits: {list(catalogue)})")
+    if not model_paths and not baselines:
+        raise ValueError("nothing to evaluate: give model paths and/or baselines")
+    products = catalogue[split]
+    product_paths = list(products["category"])
+    train_paths = list(catalogue["train"]["category"])
+    meta = {"dataset": dataset_name, "split": split}
+
+    def run(name: str, model: str, results: dict, skipped: int, **extra) -> dict:
+        entry = {"name": name, "model": model, **meta, "num_products": len(products) - skipped}
+        return {**entry, "num_skipped": skipped, **extra, "settings": results}
+
+    runs = []
+    if "bm25" in baselines:
+        results = evaluate_rankings(
+            BM25Ranker(list(products["title"])), product_paths, train_paths, **protocol
+        )
+        runs.append(run("BM25", "bm25", results, 0))
+    if "clip-zero-shot" in baselines:
+        source = zero_shot_from or (model_paths[0] if model_paths else None)
+        if source is None:
+            raise ValueError("the clip-zero-shot baseline needs a model path (zero_shot_from or model_paths)")
+        model, processor = load_checkpoint(source, device)
+        embeds, encode_queries = clip_zero_shot_embeddings(model, processor, products, batch_size)
+        results, skipped = evaluate_dense(
+            embeds, encode_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
+        )
+        runs.append(run("CLIP zero-shot", "clip-zero-shot", results, skipped, zero_shot_from=source))
+        del model
+    names = [run["name"] for run in runs]
+    for path in model_paths:
+        model, processor = load_checkpoint(path, device)
+        embeds, encode_queries = clipita_embeddings(model, processor, products, batch_size)
+        results, skipped = evaluate_dense(
+            embeds, encode_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
+        )
+        name = Path(str(path).rstrip("/")).name or str(path)
+        name = name if name not in names else f"{name} ({len(names)})"
+        names.append(name)
+        runs.append(run(name, str(path), results, skipped, variant=model.config.variant))
+        del model
+    primary = len(runs) - len(model_paths) if model_paths else 0
+    return {**runs[primary], "baselines": [r for i, r in enumerate(runs) if i != primary]}
+
+
+def runs_by_name(results: dict) -> dict[str, dict]:
+    """results.json -> {row name: run}, baselines first then models, ready for `format_table`."""
+    runs = [results, *results.get("baselines", [])]
+    runs = [{k: v for k, v in r.items() if k != "baselines"} for r in runs]
+    order = [r for r in runs if r["model"] in BASELINES] + [r for r in runs if r["model"] not in BASELINES]
+    return {r["name"]: r for r in order}
 
 
 # --- reporting ------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import pytest
 from clipita.baselines import BM25Ranker
 from clipita.evaluation import (
     DenseRanker,
+    embed_rows,
+    evaluate_dense,
     evaluate_rankings,
     format_table,
     metric_names,
@@ -202,3 +204,31 @@ def test_format_table_and_plot(tmp_path):
     assert "| - / - |" in rows[2]  # general has no unseen queries
     png = plot_results({"fixed": results}, tmp_path / "docs" / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_embed_rows_skips_broken_rows_and_raises_on_systematic_failure():
+    import datasets
+
+    products = datasets.Dataset.from_dict({"x": [1.0, 2.0, -1.0, 4.0, 5.0], "other": list("abcde")})
+
+    def encode(rows):
+        assert list(rows) == ["x"]  # only the asked columns are read
+        if any(x < 0 for x in rows["x"]):
+            raise OSError("unreadable image")
+        return np.array([[x, 1.0] for x in rows["x"]])
+
+    embeds = embed_rows(products, ["x"], encode, chunk_size=2)
+    assert np.isnan(embeds[2]).all()
+    np.testing.assert_array_equal(embeds[[0, 1, 3, 4], 0], [1, 2, 4, 5])
+
+    results, skipped = evaluate_dense(
+        embeds, lambda texts: np.ones((len(texts), 2)), PATHS[:5], TRAIN, settings=("general",)
+    )
+    assert skipped == 1
+    assert results["general"]["num_queries"]["overall"] == 2
+
+    def always_fails(rows):
+        raise KeyError("image")
+
+    with pytest.raises(ValueError, match="first chunk"):
+        embed_rows(products, ["x"], always_fails, chunk_size=2)
