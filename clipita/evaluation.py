@@ -214,11 +214,11 @@ def evaluate_rankings(
     index = CategoryIndex(product_paths)
     seen = seen_nodes(train_paths)
     metrics = metric_module()
-    rng = np.random.default_rng(seed)
     results: dict[str, dict] = {}
     for setting in settings:
         nodes = query_nodes(product_paths, setting)
         if max_queries_per_setting is not None and len(nodes) > max_queries_per_setting:
+            rng = np.random.default_rng([seed, SETTINGS.index(setting)])  # same sample whatever else runs
             keep = np.sort(rng.choice(len(nodes), size=max_queries_per_setting, replace=False))
             nodes = [nodes[i] for i in keep]
         if not nodes:
