@@ -54,6 +54,8 @@ SECRET_KEY = re.compile(r"(^|_)token$|secret|password|passwd|api_?key|credential
 REDACTED = "<redacted>"
 SYNTHETIC_NAME = "CLIP-ITA synthetic demo catalogue"
 SYNTHETIC_ID = "clipita-synthetic-catalogue"
+TRAINING_CURVE = "training_curve.png"  # written by train.py next to the model files
+MAX_LIST = 10  # longer lists in metrics.json (loss curves) are summarised, not printed
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -167,7 +169,9 @@ def fmt(value: Any) -> str:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a/b/c": scalar-or-list}, keeping order."""
+    """Nested dicts -> {"a/b/c": value}, keeping order; long lists (curves) become their length."""
+    if isinstance(value, (list, tuple)) and len(value) > MAX_LIST:
+        return {prefix: f"({len(value)} values)"}
     if not isinstance(value, Mapping):
         return {prefix: value}
     out: dict[str, Any] = {}
@@ -182,43 +186,55 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def metrics_table(metrics: Mapping) -> str:
-    """Training metrics of any nesting: one column per top-level object (e.g. step 0 / best), else key: value."""
-    nested = {k: flatten(v) for k, v in metrics.items() if isinstance(v, Mapping) and v}
-    scalars = {k: v for k, v in metrics.items() if not isinstance(v, Mapping)}
-    parts = []
-    if len(nested) >= 2:
-        keys = list(dict.fromkeys(key for values in nested.values() for key in values))
-        rows = [[f"`{key}`"] + [fmt(values.get(key)) for values in nested.values()] for key in keys]
-        parts.append(markdown_table(["metric"] + [f"`{name}`" for name in nested], rows))
-    else:
-        scalars = {**flatten({k: v for k, v in metrics.items() if k in nested}), **scalars}
-    if scalars:
-        parts.append(markdown_table(["key", "value"], [[f"`{k}`", fmt(v)] for k, v in scalars.items()]))
-    return "\n\n".join(parts)
+def is_scored(value: Any) -> bool:
+    """An evaluation entry: {"overall": {metric: value}, "seen": ..., "unseen": ..., "num_queries": ...}."""
+    return isinstance(value, Mapping) and isinstance(value.get("overall"), Mapping)
 
 
-def metric_order(result: Mapping) -> list[str]:
-    present = {m for groups in result["settings"].values() for g in GROUPS for m in (groups.get(g) or {})}
-    return [m for m in METRICS if m in present] + sorted(present - set(METRICS))
-
-
-def evaluation_table(result: Mapping) -> str:
-    """Settings x query groups, every metric in % (x100, like the paper), with the number of queries."""
-    metrics = metric_order(result)
+def scores_table(entries: Mapping[str, Mapping], label: str) -> str:
+    """Entries (settings, or validation points) x query groups, every metric in % (x100, like the paper)."""
+    present = {m for entry in entries.values() for g in GROUPS for m in (entry.get(g) or {})}
+    metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
     rows = []
-    for setting in [s for s in SETTINGS if s in result["settings"]] + sorted(
-        set(result["settings"]) - set(SETTINGS)
-    ):
-        groups = result["settings"][setting]
-        counts = groups.get("num_queries") or {}
+    for name, entry in entries.items():
+        counts = entry.get("num_queries") or {}
         for group in GROUPS:
-            scores = groups.get(group)
+            scores = entry.get(group)
             if scores is None:
                 continue
             cells = ["–" if scores.get(m) is None else f"{100 * scores[m]:.2f}" for m in metrics]
-            rows.append([setting, group, fmt(counts.get(group))] + cells)
-    return markdown_table(["setting", "queries", "#queries"] + metrics, rows)
+            rows.append([name, group, fmt(counts.get(group))] + cells)
+    return markdown_table([label, "queries", "#queries"] + metrics, rows)
+
+
+def evaluation_table(result: Mapping) -> str:
+    settings = result["settings"]
+    order = [s for s in SETTINGS if s in settings] + sorted(set(settings) - set(SETTINGS))
+    return scores_table({s: settings[s] for s in order}, "setting")
+
+
+def metrics_table(metrics: Mapping) -> str:
+    """training's metrics.json: evaluation entries (step 0, best, last...) as score tables in %, the rest
+    as key: value rows; any other nesting still renders."""
+    parts, rest = [], {}
+    for key, value in metrics.items():
+        if is_scored(value):
+            parts.append(scores_table({key: value}, "evaluation"))
+        elif isinstance(value, Mapping) and any(is_scored(v) for v in value.values()):
+            entries = {
+                f"{name} (step {entry['step']})"
+                if "step" in entry and not name.startswith("step")
+                else name: entry
+                for name, entry in value.items()
+                if is_scored(entry)
+            }
+            parts.append(f"`{key}`:\n\n" + scores_table(entries, "evaluation"))
+            rest.update(flatten({k: v for k, v in value.items() if not is_scored(v)}, key))
+        else:
+            rest.update(flatten(value, key))
+    if rest:
+        parts.append(markdown_table(["key", "value"], [[f"`{k}`", fmt(v)] for k, v in rest.items()]))
+    return "\n\n".join(parts)
 
 
 def metric_type(metric: str, group: str) -> str:
@@ -425,6 +441,7 @@ def render_model_card(
         if training_args
         else None,
         validation_table=metrics_table(metrics) if metrics else None,
+        training_curve=TRAINING_CURVE if (model_dir / TRAINING_CURVE).is_file() else None,
         result=result,
         evaluation_table=evaluation_table(result) if result else None,
         ablation_plot=copy_plot(ablation_plot, model_dir) if ablation_plot else None,

@@ -27,6 +27,8 @@ TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 # A Hugging Face user access token: "hf_" and 30+ letters/digits (identifiers like hf_hub_download have "_").
 TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}(?![A-Za-z0-9])")
 INDEX_MANIFEST = "manifest.json"
+# Training artefacts that live in train.py's output folder but never ship (clipita.training.export).
+IGNORE_PATTERNS = ["checkpoints/**", "logs/**"]
 
 
 # ----- secrets -------------------------------------------------------------------------------------------
@@ -68,10 +70,11 @@ def _safetensors_header(path: Path) -> bytes:
 
 
 def release_files(folder: str | os.PathLike) -> list[str]:
-    """The files `upload_folder` would send (it skips .git/ and .cache/huggingface/), relative, sorted."""
+    """The files `push_folder` uploads, relative and sorted: all but IGNORE_PATTERNS and what
+    `upload_folder` always skips (.git/, .cache/huggingface/)."""
     root = Path(folder)
     files = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
-    return list(filter_repo_objects(files, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
+    return list(filter_repo_objects(files, ignore_patterns=DEFAULT_IGNORE_PATTERNS + IGNORE_PATTERNS))
 
 
 def _read_json(path: Path, problems: list[str]) -> dict | None:
@@ -283,7 +286,12 @@ def push_folder(
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(model_dir), commit_message=commit_message)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(model_dir),
+        ignore_patterns=IGNORE_PATTERNS,
+        commit_message=commit_message,
+    )
     urls = {"model": str(getattr(commit, "commit_url", commit))}
     if index_dir is not None:
         api.create_repo(index_repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -291,6 +299,7 @@ def push_folder(
             repo_id=index_repo_id,
             folder_path=str(index_dir),
             repo_type="dataset",
+            ignore_patterns=IGNORE_PATTERNS,
             commit_message=f"Upload the catalogue index of {repo_id}",
         )
         urls["index"] = str(getattr(commit, "commit_url", commit))
@@ -298,6 +307,7 @@ def push_folder(
 
 
 __all__ = [
+    "IGNORE_PATTERNS",
     "ReleaseError",
     "check_index_folder",
     "check_model_card",

@@ -39,12 +39,35 @@ def fake_results(model: str = "clip-ita", dataset: str = "data/demo") -> dict:
     return {"model": model, "dataset": dataset, "split": "test", "settings": settings}
 
 
+def fake_validation(step: int, value: float) -> dict:
+    scores = {metric: value for metric in METRICS}
+    return {
+        "step": step,
+        "overall": scores,
+        "seen": scores,
+        "unseen": dict.fromkeys(METRICS),
+        "num_queries": {"overall": 12, "seen": 12, "unseen": 0},
+    }
+
+
 def fake_training() -> tuple[dict, dict]:
-    training_args = {"dataset": "data/demo", "learning_rate": 5e-4, "num_train_epochs": 3, "batch_size": 64}
+    """train.py's training_args.json and metrics.json, in their shape (clipita.training.export)."""
+    training_args = {
+        "dataset": "data/demo",
+        "learning_rate": 5e-4,
+        "num_train_epochs": 3,
+        "variant": "clip-ita",
+    }
     metrics = {
-        "step_0": {"validation": {"all": {"P@10": 0.02, "mAP@10": 0.03}}},
-        "best": {"validation": {"all": {"P@10": 0.41, "mAP@10": 0.52}}},
-        "best_step": 120,
+        "category_level": "all",
+        "validation": {
+            "step_0": fake_validation(0, 0.02),
+            "best": fake_validation(120, 0.41),
+            "last": fake_validation(200, 0.4),
+            "final_model": "best",
+        },
+        "train": {"steps": 200, "loss": {"first": 4.1, "last": 1.25}},
+        "history": {"loss": [[step, 4.0 - 0.01 * step] for step in range(200)]},
     }
     return training_args, metrics
 
@@ -67,6 +90,7 @@ def release(tmp_path_factory):
     model, processor = save_tiny_release(folder)
     plot = tmp_path_factory.mktemp("plots") / "ablation.png"
     Image.new("RGB", (16, 8), "white").save(plot)
+    Image.new("RGB", (16, 8), "white").save(folder / "training_curve.png")  # as train.py leaves it
     training_args, metrics = fake_training()
     results = fake_results()
     render_model_card(
@@ -128,9 +152,13 @@ def test_card_body_shows_usage_results_plot_and_citation(release):
     assert "| specific | unseen | 10 | " + " | ".join(row) + " |" in text
     assert "| general | unseen | 0 | " + " | ".join(["–"] * 9) + " |" in text
     assert (folder / "ablation.png").is_file() and "](ablation.png)" in text
+    assert "](training_curve.png)" in text
     assert "not comparable with the paper's XMarket numbers" in text
     assert "| `learning_rate` | 0.0005 |" in text
-    assert "| `validation/all/P@10` | 0.02 | 0.41 |" in text
+    assert "| best (step 120) | overall | 12 | " + " | ".join(["41.00"] * 9) + " |" in text
+    assert "| step_0 | unseen | 0 | " + " | ".join(["–"] * 9) + " |" in text
+    assert "| `validation/final_model` | best |" in text and "| `train/loss/last` | 1.25 |" in text
+    assert "| `history/loss` | (200 values) |" in text
     for fact in ("Hendriksen, Mariya", "de Rijke, Maarten", "ECIR 2022", "13185", "289--303", "2112.11294"):
         assert fact in text
 

@@ -216,6 +216,17 @@ def test_push_folder_checks_then_uploads_model_and_index(folder, index_dir, hf_a
     }
 
 
+def test_training_artefacts_are_neither_checked_nor_uploaded(folder, hf_api):
+    (folder / "checkpoints" / "step-5").mkdir(parents=True)
+    (folder / "checkpoints" / "step-5" / "optimizer.pt").write_bytes(b"\x80\x04pickle")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "events.out").write_bytes(b"x")
+    assert check_release_folder(folder) == []
+    assert not any(f.startswith(("checkpoints/", "logs/")) for f in hub.release_files(folder))
+    push_folder(folder, "org/clip-ita")
+    assert hf_api.calls[1][1]["ignore_patterns"] == ["checkpoints/**", "logs/**"]
+
+
 def test_push_folder_uploads_nothing_when_a_check_fails(folder, index_dir, hf_api):
     (folder / "training_args.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(ReleaseError, match="training_args.bin"):
@@ -242,7 +253,7 @@ def test_release_cli_renders_checks_and_pushes_only_when_asked(folder, index_dir
     assert hf_api.calls == []
     card = ModelCard.load(folder / "README.md")
     assert len(card.data.eval_results) == 3 * 3 * 9 - 9
-    assert "| `validation/all/P@10` | 0.02 | 0.41 |" in card.text  # training metrics found in the folder
+    assert "| best (step 120) | overall | 12 | 41.00 |" in card.text  # training metrics found in the folder
     assert (folder / "ablation.png").is_file()
     assert check_index_folder(index_dir) == [] and (index_dir / "README.md").is_file()
 
