@@ -18,7 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from clipita.card import render_index_card, render_model_card, select_result
+from clipita.card import render_index_card, render_model_card
 from clipita.hub import ReleaseError, check_index_folder, check_release_folder, push_folder, release_files
 
 TRAINING_ARGS_FILES = ("training_args.json", "train_args.json")
@@ -37,30 +37,46 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
-def choose_result(results: dict, model_dir: Path, wanted: str | None) -> dict:
-    """results.json may hold one model or several (eval.py's comparison); pick this folder's."""
+def runs_of(results: dict) -> list[dict]:
+    """Every run in results.json: eval.py's top-level run and its "baselines", or a {name: run} object."""
     if "settings" in results:
-        return results
-    models = {k: v for k, v in results.items() if isinstance(v, dict) and "settings" in v}
-    if wanted is not None:
-        if wanted not in models:
-            raise SystemExit(
-                f"error: --eval_model {wanted!r} is not in the results; they hold {sorted(models)}"
-            )
-        return models[wanted]
-    matches = [
-        name
-        for name, result in models.items()
-        if Path(str(result.get("model", ""))).name == model_dir.name or name == model_dir.name
+        top = {k: v for k, v in results.items() if k != "baselines"}
+        return [top, *[r for r in results.get("baselines", []) if isinstance(r, dict)]]
+    return [
+        {"name": name, **run} for name, run in results.items() if isinstance(run, dict) and "settings" in run
     ]
-    if len(matches) == 1:
-        return models[matches[0]]
-    try:
-        return select_result(results)
-    except ValueError:
+
+
+def choose_result(results: dict, model_dir: Path, wanted: str | None) -> dict:
+    """This folder's run (by --eval_model, else by the evaluated path), with the other runs as "baselines"
+    so the card can compare; a results.json without a run of this folder is an error, not a guess."""
+    runs = runs_of(results)
+    if not runs:
         raise SystemExit(
-            f"error: the results hold several models {sorted(models)}; choose this model's with --eval_model"
-        ) from None
+            'error: the eval results hold no run with "settings": is it eval.py\'s results.json?'
+        )
+    if wanted is not None:
+        matches = [r for r in runs if wanted in (r.get("name"), r.get("model"))]
+    else:
+        matches = [
+            r
+            for r in runs
+            if r.get("model")
+            and (
+                Path(str(r["model"])).resolve() == model_dir.resolve()
+                or Path(str(r["model"])).name == model_dir.name
+            )
+        ]
+    if len(matches) != 1:
+        names = [r.get("name") or r.get("model") for r in runs]
+        how = (
+            f"--eval_model {wanted!r} matches {len(matches)} runs"
+            if wanted
+            else f"no single run of {model_dir}"
+        )
+        raise SystemExit(f"error: {how} in the eval results; its runs: {names}; choose one with --eval_model")
+    chosen = matches[0]
+    return {**chosen, "baselines": [r for r in runs if r is not chosen]}
 
 
 def training_record(model_dir: Path, path: str | None, names: Sequence[str], what: str) -> dict | None:

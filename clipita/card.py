@@ -88,29 +88,31 @@ def select_result(eval_results: Mapping) -> dict:
     raise ValueError('eval_results has no "settings": expected the object eval.py writes to results.json')
 
 
-def check_eval_results(result: Mapping) -> None:
-    """Fail on the first value outside the results.json schema, naming where it is."""
+def check_eval_results(result: Mapping, where: str = "eval_results") -> None:
+    """Fail on the first value outside the results.json schema (the run and its baselines), naming where."""
     settings = result.get("settings")
     if not isinstance(settings, Mapping) or not settings:
-        raise ValueError('eval_results["settings"] must be a non-empty object of settings')
+        raise ValueError(f'{where}["settings"] must be a non-empty object of settings')
+    for i, baseline in enumerate(result.get("baselines") or []):
+        if not isinstance(baseline, Mapping):
+            raise ValueError(f"{where}.baselines[{i}] must be an object (a run of results.json)")
+        check_eval_results(baseline, f"{where}.baselines[{i}]")
     for setting, groups in settings.items():
         if not isinstance(groups, Mapping):
-            raise ValueError(
-                f"eval_results.settings.{setting} must be an object, got {type(groups).__name__}"
-            )
+            raise ValueError(f"{where}.settings.{setting} must be an object, got {type(groups).__name__}")
         for group in GROUPS:
             scores = groups.get(group)
             if scores is None:
                 continue
             if not isinstance(scores, Mapping):
-                raise ValueError(f"eval_results.settings.{setting}.{group} must be an object of metrics")
+                raise ValueError(f"{where}.settings.{setting}.{group} must be an object of metrics")
             for metric, value in scores.items():
                 ok = value is None or (
                     isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
                 )
                 if not ok:
                     raise ValueError(
-                        f"eval_results.settings.{setting}.{group}.{metric}: expected a number in [0, 1] "
+                        f"{where}.settings.{setting}.{group}.{metric}: expected a number in [0, 1] "
                         f"or null, got {value!r}"
                     )
 
@@ -136,6 +138,13 @@ def describe_dataset(name: str | None) -> dict:
     if REPO_ID.match(name) and not local:
         return {"name": name, "id": name, "hub_id": name, "synthetic": False, "info": None}
     return {"name": path.name, "id": path.name, "hub_id": None, "synthetic": False, "info": None}
+
+
+def display_path(value: Any) -> str | None:
+    """A model or dataset path as a card shows it: absolute local paths by their last part."""
+    if not value:
+        return None
+    return Path(str(value)).name if Path(str(value)).is_absolute() else str(value)
 
 
 def shorten_home(value: Any) -> Any:
@@ -211,6 +220,15 @@ def evaluation_table(result: Mapping) -> str:
     settings = result["settings"]
     order = [s for s in SETTINGS if s in settings] + sorted(set(settings) - set(SETTINGS))
     return scores_table({s: settings[s] for s in order}, "setting")
+
+
+def comparison_table(result: Mapping) -> str | None:
+    """This run beside the other runs of the same evaluation (baselines, other variants), as eval.py prints it."""
+    if not result.get("baselines"):
+        return None
+    from clipita.evaluation import format_table, runs_by_name
+
+    return format_table(runs_by_name(dict(result)))
 
 
 def metrics_table(metrics: Mapping) -> str:
@@ -444,6 +462,8 @@ def render_model_card(
         training_curve=TRAINING_CURVE if (model_dir / TRAINING_CURVE).is_file() else None,
         result=result,
         evaluation_table=evaluation_table(result) if result else None,
+        comparison_table=comparison_table(result) if result else None,
+        evaluated_model=display_path(result.get("name") or result.get("model")) if result else None,
         ablation_plot=copy_plot(ablation_plot, model_dir) if ablation_plot else None,
         paper_row=PAPER_TABLE.get(variant),
         citation=CITATION,

@@ -23,20 +23,34 @@ FAKE_TOKEN = "hf_FakeTokenForTheTests0123456789abcd"
 OTHER_SECRET = "plain-secret-value-42"  # not shaped like an hf_ token: found only as an env value
 
 
-def fake_results(model: str = "clip-ita", dataset: str = "data/demo") -> dict:
-    """A results.json object in eval.py's schema with distinct values; general has no unseen roots."""
+def fake_results(model: str = "clip-ita", dataset: str = "data/demo", shift: float = 0.0) -> dict:
+    """One run of results.json in eval.py's schema with distinct values; general has no unseen roots."""
     settings = {}
     for s, setting in enumerate(("all", "general", "specific")):
         groups = {}
         for g, group in enumerate(("overall", "seen", "unseen")):
             empty = setting == "general" and group == "unseen"
             groups[group] = {
-                metric: None if empty else round(0.05 + 0.3 * s + 0.1 * g + 0.01 * m, 4)
+                metric: None if empty else round(0.05 + 0.3 * s + 0.1 * g + 0.01 * m - shift, 4)
                 for m, metric in enumerate(METRICS)
             }
         groups["num_queries"] = {"overall": 40 - 10 * s, "seen": 30, "unseen": 0 if s == 1 else 10}
         settings[setting] = groups
-    return {"model": model, "dataset": dataset, "split": "test", "settings": settings}
+    name = model.rstrip("/").split("/")[-1]
+    return {
+        "name": name,
+        "model": model,
+        "dataset": dataset,
+        "split": "test",
+        "num_products": 90,
+        "settings": settings,
+    }
+
+
+def fake_eval_file(model: str = "outputs/clip-ita") -> dict:
+    """results.json as eval.py writes it: the model's run on top, BM25 under "baselines"."""
+    bm25 = {**fake_results(model="bm25", shift=0.05), "name": "BM25"}
+    return {**fake_results(model=model), "baselines": [bm25]}
 
 
 def fake_validation(step: int, value: float) -> dict:
@@ -92,7 +106,7 @@ def release(tmp_path_factory):
     Image.new("RGB", (16, 8), "white").save(plot)
     Image.new("RGB", (16, 8), "white").save(folder / "training_curve.png")  # as train.py leaves it
     training_args, metrics = fake_training()
-    results = fake_results()
+    results = fake_eval_file()
     render_model_card(
         folder,
         model_config=model.config,
@@ -154,6 +168,8 @@ def test_card_body_shows_usage_results_plot_and_citation(release):
     assert (folder / "ablation.png").is_file() and "](ablation.png)" in text
     assert "](training_curve.png)" in text
     assert "not comparable with the paper's XMarket numbers" in text
+    assert "Test results of this checkpoint (`clip-ita`)" in text and "(90 products)" in text
+    assert "| BM25 | 2.00 / 4.00 |" in text and "| clip-ita | 7.00 / 9.00 |" in text  # all: P@10 / mAP@10
     assert "| `learning_rate` | 0.0005 |" in text
     assert "| best (step 120) | overall | 12 | " + " | ".join(["41.00"] * 9) + " |" in text
     assert "| step_0 | unseen | 0 | " + " | ".join(["–"] * 9) + " |" in text
@@ -199,6 +215,10 @@ def test_bad_eval_results_name_the_field(release, tmp_path):
             tmp_path, model_config=config, eval_results={"a": fake_results(), "bm25": fake_results()}
         )
     assert select_result({"clip-ita": fake_results()})["model"] == "clip-ita"
+    results = fake_eval_file()
+    results["baselines"][0]["settings"]["all"]["overall"]["MRR"] = -0.1
+    with pytest.raises(ValueError, match=r"baselines\[0\]\.settings\.all\.overall\.MRR"):
+        render_model_card(tmp_path, model_config=config, eval_results=results)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         render_model_card(tmp_path, model_config=config, ablation_plot=str(tmp_path / "missing.png"))
 

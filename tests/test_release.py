@@ -17,7 +17,7 @@ from clipita.card import render_model_card
 from clipita.hub import ReleaseError, check_index_folder, check_release_folder, push_folder
 from clipita.index import CatalogueIndex
 from tests.conftest import run_clean_python
-from tests.test_card import FAKE_TOKEN, fake_results, fake_training, save_tiny_release
+from tests.test_card import FAKE_TOKEN, fake_eval_file, fake_training, save_tiny_release
 
 CATEGORIES = ["Ceramic Mugs", "Home > Kitchen > Glass Mugs", "Kids T-Shirts"]
 
@@ -242,10 +242,10 @@ def test_push_folder_uploads_nothing_when_a_check_fails(folder, index_dir, hf_ap
 
 def test_release_cli_renders_checks_and_pushes_only_when_asked(folder, index_dir, tmp_path, hf_api, capsys):
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"clip-ita": fake_results(), "bm25": fake_results(model="bm25")}))
+    results.write_text(json.dumps(fake_eval_file(model=str(folder))))  # found by its path: no --eval_model
     plot = tmp_path / "ablation.png"
     Image.new("RGB", (8, 8)).save(plot)
-    args = ["--model", str(folder), "--eval_results", str(results), "--eval_model", "clip-ita"]
+    args = ["--model", str(folder), "--eval_results", str(results)]
 
     assert release_cli.main(args + ["--ablation_plot", str(plot), "--index", str(index_dir)]) == 0
     out = capsys.readouterr().out
@@ -254,7 +254,7 @@ def test_release_cli_renders_checks_and_pushes_only_when_asked(folder, index_dir
     card = ModelCard.load(folder / "README.md")
     assert len(card.data.eval_results) == 3 * 3 * 9 - 9
     assert "| best (step 120) | overall | 12 | 41.00 |" in card.text  # training metrics found in the folder
-    assert (folder / "ablation.png").is_file()
+    assert (folder / "ablation.png").is_file() and "| BM25 |" in card.text
     assert check_index_folder(index_dir) == [] and (index_dir / "README.md").is_file()
 
     assert release_cli.main(args + ["--push", "--repo_id", "org/clip-ita"]) == 0
@@ -267,12 +267,10 @@ def test_release_cli_renders_checks_and_pushes_only_when_asked(folder, index_dir
 
 def test_release_cli_refuses_a_broken_folder(folder, tmp_path, hf_api, capsys):
     results = tmp_path / "results.json"
-    results.write_text(
-        json.dumps({"clip-ita-v2": fake_results(model="runs/v2"), "bm25": fake_results(model="bm25")})
-    )
-    with pytest.raises(SystemExit, match="--eval_model"):
+    results.write_text(json.dumps(fake_eval_file(model="elsewhere/v2")))  # no run of this folder
+    with pytest.raises(SystemExit, match=r"no single run of .*\['v2', 'BM25'\].*--eval_model"):
         release_cli.main(["--model", str(folder), "--eval_results", str(results)])
     (folder / "pytorch_model.bin").write_bytes(b"x")
-    args = ["--model", str(folder), "--eval_results", str(results), "--eval_model", "clip-ita-v2"]
+    args = ["--model", str(folder), "--eval_results", str(results), "--eval_model", "v2"]
     assert release_cli.main(args + ["--push", "--repo_id", "org/clip-ita"]) == 1
     assert "pytorch_model.bin" in capsys.readouterr().err and hf_api.calls == []
