@@ -1,0 +1,106 @@
+"""Smoke tests of the model benchmarks: each --quick run, on the tiniest setting, exits 0 and prints its
+figures, the machine and a `ratio` last line. No timing is asserted: speed is the scripts' output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RATIO = re.compile(r"^ratio (\d+(?:\.\d+)?(?:e-?\d+)?)$")
+TINY = ["--quick", "--threads", "1", "--warmup", "0"]
+
+
+def run_bench(script: str, *flags: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", *TINY, *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    match = RATIO.match(lines[-1])
+    assert match, f"last line is not 'ratio <number>': {lines[-1]!r}"
+    assert float(match.group(1)) > 0
+    machine = "\n".join(lines)
+    for field in ("cpu:", "torch threads 1", "torch ", "device: cpu"):
+        assert field in machine, f"machine description lacks {field!r}"
+    return lines
+
+
+def figures(lines: list[str], label: str) -> list[float]:
+    """The numbers on the first line that starts with `label`."""
+    line = next((line for line in lines if line.startswith(label)), None)
+    assert line is not None, f"no line starting with {label!r} in:\n" + "\n".join(lines)
+    return [float(x) for x in re.findall(r"\d+\.\d+|\d+", line[len(label) :])]
+
+
+def test_encode_throughput_quick():
+    lines = run_bench("encode_throughput.py", "--num-products", "4", "--batch-size", "2", "--repeats", "1")
+    for label in ("products/s end-to-end", "products/s processing only", "products/s forward only"):
+        ours, theirs, ratio = figures(lines, label)
+        assert ours > 0 and theirs > 0 and ratio == pytest.approx(ours / theirs, abs=0.01)
+    assert len(figures(lines, "categories/s end-to-end")) == 3
+    ratio = float(lines[-1].split()[1])
+    assert ratio == pytest.approx(figures(lines, "products/s end-to-end")[2], abs=0.011)
+
+
+def test_train_throughput_quick_checkpointing_reaches_the_clip_towers():
+    lines = run_bench("train_throughput.py", "--batch-size", "2", "--steps", "1")
+    rows = {}
+    for line in lines:
+        parts = re.match(r"^(off|on)\s+(CLIP-ITA|plain CLIP)\s.*\s(\d+) / (\d+) \((\d+)/(\d+)\)$", line)
+        if parts:
+            setting, model, forward, step, checkpointed, layers = parts.groups()
+            rows[(setting, model)] = (int(forward), int(step), int(checkpointed), int(layers))
+    assert set(rows) == {(s, m) for s in ("off", "on") for m in ("CLIP-ITA", "plain CLIP")}
+    for (setting, model), (forward, step, checkpointed, layers) in rows.items():
+        if setting == "off":
+            assert (step, checkpointed) == (forward, 0), (setting, model)
+        else:  # every tower layer is checkpointed, so backward runs each layer's forward again
+            assert (step, checkpointed) == (2 * forward, layers), (setting, model)
+    # CLIP-ITA runs the towers four times (image, title, attributes, category), plain CLIP twice.
+    assert rows[("off", "CLIP-ITA")][0] == 2 * rows[("off", "plain CLIP")][0]
+    assert any(line.startswith("CLIP-ITA / plain, checkpointing on") for line in lines)
+
+
+def test_flops_quick():
+    lines = run_bench(
+        "flops.py",
+        *("--count-configs", "default", "--count-products", "2", "--num-products", "4"),
+        *("--batch-size", "2", "--repeats", "1", "--matmul-size", "128"),
+    )
+    row = next(line for line in lines if line.startswith("default "))
+    assert re.search(r"\d+(\.\d+)? [kMG]\b", row), row
+    assert any(line.startswith("machine: 128x128 float32 matmul") for line in lines)
+    assert any(line.startswith("utilisation: forward") for line in lines)
+
+
+def test_flop_counts_split_by_pass():
+    """The per-pass counts add up, and ViT-B/32's image pass costs what the architecture says."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from bench.common import build_model, synthetic_category_names, synthetic_products
+    from bench.flops import flops_per_pass
+
+    model, processor = build_model("default")
+    per_pass = flops_per_pass(
+        model.eval(), processor, synthetic_products(2), synthetic_category_names(2), torch.device("cpu")
+    )
+    parts = per_pass["image"] + per_pass["title"] + per_pass["attributes"] + per_pass["heads"]
+    assert per_pass["product"] == pytest.approx(parts)
+    assert min(per_pass.values()) > 0
+    # default: 64 px, patch 8 -> 64 patches + CLS; 3 layers of width 128 (MLP 512)
+    tokens, width, layers = 65, 128, 3
+    linear = 2 * tokens * (4 * width * width + 2 * width * 4 * width) * layers
+    attention = 2 * 2 * tokens * tokens * width * layers
+    patch = 2 * 64 * (3 * 8 * 8) * width
+    assert per_pass["image"] == pytest.approx(linear + attention + patch + 2 * width * width, rel=1e-6)
