@@ -19,7 +19,14 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from clipita.card import render_index_card, render_model_card
-from clipita.hub import ReleaseError, check_index_folder, check_release_folder, push_folder, release_files
+from clipita.hub import (
+    ReleaseError,
+    check_index_folder,
+    check_release_folder,
+    load_check,
+    push_folder,
+    release_files,
+)
 
 TRAINING_ARGS_FILES = ("training_args.json", "train_args.json")
 METRICS_FILE = "metrics.json"
@@ -132,6 +139,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repo_id", default=None, help="the Hub model repo, e.g. org/clip-ita")
     parser.add_argument("--push", action="store_true", help="upload (otherwise only render and check)")
     parser.add_argument("--private", action="store_true", help="create the repos as private")
+    parser.add_argument(
+        "--skip_load_check", action="store_true", help="skip loading the folder in a clean offline process"
+    )
     parser.add_argument("--index", default=None, help="a saved catalogue index folder to publish as well")
     parser.add_argument("--index_repo_id", default=None, help="the Hub dataset repo for the index")
     args = parser.parse_args(argv)
@@ -157,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo_id=args.repo_id,
     )
     problems = check_release_folder(model_dir)
+    if not args.skip_load_check and not problems:
+        problems += load_check(model_dir)
     print(summary(model_dir, "model folder"))
     print(card_summary(model_dir / "README.md"))
     if args.index:

@@ -12,6 +12,9 @@ import ast
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -233,6 +236,65 @@ def check_release_folder(model_dir: str | os.PathLike) -> list[str]:
     return problems
 
 
+LOAD_CHECK = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+categories = model.encode_categories(["Mugs", "Home > Kitchen > Mugs"], processor=processor)
+given = {"image": ("images", [Image.new("RGB", (80, 60), (200, 40, 45))]), "title": ("titles", ["red mug"]),
+         "attributes": ("attributes", [["colour: red", "material: ceramic"]])}
+products = model.encode_products(**dict(given[m] for m in model.config.product_modalities), processor=processor)
+print(json.dumps({
+    "module": type(model).__module__,
+    "shapes": [list(categories.shape), list(products.shape)],
+    "dim": model.config.projection_dim,
+    "finite": bool(np.isfinite(categories).all() and np.isfinite(products).all()),
+    "norms": [float(n) for n in np.linalg.norm(np.concatenate([categories, products]), axis=1)],
+}))
+"""
+
+
+def load_check(model_dir: str | os.PathLike, timeout: float = 600) -> list[str]:
+    """Load the folder as a Hub user would: a fresh process outside the project, offline, remote code only;
+    then encode two categories and one product. Problems, or an empty list."""
+    folder = Path(model_dir).resolve()
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(scratch) / "modules"))
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", LOAD_CHECK, str(folder)],
+                cwd=scratch,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return [f"loading the folder in a clean process took over {timeout:.0f} s"]
+    if done.returncode != 0:
+        error = (
+            done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
+        )
+        return [f"the folder does not load in a clean offline process: {error}"]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    problems = []
+    if not report["module"].startswith("transformers_modules"):
+        problems.append(f"the model class came from {report['module']}, not from the folder's code")
+    if report["shapes"] != [[2, report["dim"]], [1, report["dim"]]]:
+        problems.append(
+            f"embeddings have shapes {report['shapes']}, expected [2, d] and [1, d] (d = {report['dim']})"
+        )
+    if not report["finite"] or any(abs(n - 1.0) > 1e-3 for n in report["norms"]):
+        problems.append("embeddings are not finite and L2-normalised")
+    return problems
+
+
 def check_index_folder(index_dir: str | os.PathLike) -> list[str]:
     """A catalogue index folder (clipita.index layout) fit for a dataset repo: complete, no pickles or tokens."""
     folder = Path(index_dir)
@@ -314,6 +376,7 @@ __all__ = [
     "check_release_folder",
     "find_secret",
     "known_tokens",
+    "load_check",
     "push_folder",
     "release_files",
     "scan_for_secrets",

@@ -198,6 +198,14 @@ print(type(model).__module__)
     assert np.allclose(np.load(tmp_path / "products.npy"), expected_products, atol=1e-5)
 
 
+def test_load_check_reports_broken_remote_code(folder):
+    with (folder / "modeling_clipita.py").open("a") as f:
+        f.write('\nraise ImportError("deliberately broken remote code")\n')
+    assert check_release_folder(folder) == []  # the file still parses: only loading it shows the fault
+    problems = hub.load_check(folder)
+    assert len(problems) == 1 and "deliberately broken remote code" in problems[0], problems
+
+
 def test_push_folder_checks_then_uploads_model_and_index(folder, index_dir, hf_api):
     urls = push_folder(
         folder, "org/clip-ita", private=True, index_dir=index_dir, index_repo_id="org/clip-ita-index"
@@ -257,7 +265,7 @@ def test_release_cli_renders_checks_and_pushes_only_when_asked(folder, index_dir
     assert (folder / "ablation.png").is_file() and "| BM25 |" in card.text
     assert check_index_folder(index_dir) == [] and (index_dir / "README.md").is_file()
 
-    assert release_cli.main(args + ["--push", "--repo_id", "org/clip-ita"]) == 0
+    assert release_cli.main(args + ["--push", "--repo_id", "org/clip-ita", "--skip_load_check"]) == 0
     assert [(name, kwargs["repo_id"]) for name, kwargs in hf_api.calls] == [
         ("create_repo", "org/clip-ita"),
         ("upload_folder", "org/clip-ita"),
