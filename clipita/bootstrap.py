@@ -37,16 +37,19 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> CLIPTo
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    vocab = tokenizer.get_vocab()
-    # CLIP keeps both forms of every byte (with and without the "</w>" word end) in its vocabulary.
-    for symbol in pre_tokenizers.ByteLevel.alphabet():
-        for token in (symbol, symbol + "</w>"):
-            if token not in vocab:
-                vocab[token] = len(vocab)
     merges = [
         tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
         for m in json.loads(tokenizer.to_str())["model"]["merges"]
     ]
+    # CLIP keeps both forms of every byte (with and without the "</w>" word end) in its vocabulary.
+    symbols = set(tokenizer.get_vocab()) - {BOS, EOS}
+    symbols |= {form for s in pre_tokenizers.ByteLevel.alphabet() for form in (s, s + "</w>")}
+    # The trainer numbers tokens in a hash order that changes from process to process; number them
+    # canonically (specials, single symbols sorted, then merges in order) so that the same texts always
+    # give the same ids: runs are reproducible and a resumed or multi-process run sees one vocabulary.
+    merged = list(dict.fromkeys(a + b for a, b in merges))
+    order = [BOS, EOS, *sorted(symbols - set(merged)), *merged]
+    vocab = {token: i for i, token in enumerate(order)}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TEXT_LENGTH)
 
 

@@ -1,0 +1,192 @@
+"""The command line of train.py: every knob of a training run, with defaults that train the small
+from-scratch model on the embedded catalogue in minutes on a laptop CPU."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from clipita.training.collate import CATEGORY_LEVELS
+from configuration_clipita import ATTRIBUTE_POOLINGS, LOSSES, VARIANTS
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+TRACKERS = ("tensorboard", "trackio", "none")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clipita.data import add_loader_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train CLIP-ITA (category-to-image retrieval) with Accelerate: "
+        "`python train.py` or `accelerate launch train.py`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_loader_arguments(parser)
+    data = parser.add_argument_group("training data")
+    data.add_argument(
+        "--max_train_samples", type=int, default=None, help="use at most this many training products"
+    )
+    data.add_argument(
+        "--max_eval_samples", type=int, default=1000, help="validation products ranked at each evaluation"
+    )
+    data.add_argument(
+        "--max_eval_queries", type=int, default=None, help="sample this many category queries per evaluation"
+    )
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--variant", choices=sorted(VARIANTS), default="clip-ita", help="product modalities")
+    model.add_argument(
+        "--base_model",
+        default=None,
+        help="a Hugging Face CLIP (Hub id or folder, e.g. openai/clip-vit-base-patch32) to start from; "
+        "default: a small CLIP trained from scratch with a tokenizer trained on the catalogue",
+    )
+    model.add_argument(
+        "--image_size", type=int, default=None, help="from-scratch model's input size (default 64)"
+    )
+    model.add_argument("--hidden_size", type=int, default=128, help="from-scratch model: tower width")
+    model.add_argument(
+        "--num_hidden_layers", type=int, default=3, help="from-scratch model: layers per tower"
+    )
+    model.add_argument(
+        "--vocab_size", type=int, default=4096, help="from-scratch model: tokenizer vocabulary"
+    )
+    model.add_argument("--attribute_pooling", choices=ATTRIBUTE_POOLINGS, default="mean")
+    model.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="infonce",
+        help="multi_positive: same-category pairs are not negatives",
+    )
+    model.add_argument(
+        "--temperature",
+        type=float,
+        default=0.07,
+        help="initial softmax temperature (the paper: 1.0, fixed)",
+    )
+    model.add_argument(
+        "--learnable_temperature",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="learn the temperature (CLIP's logit scale)",
+    )
+    model.add_argument(
+        "--category_format",
+        choices=("leaf", "path"),
+        default="leaf",
+        help='category text: "Mugs" or "Home > Kitchen > Mugs"',
+    )
+
+    training = parser.add_argument_group("training")
+    training.add_argument(
+        "--output_dir", default=None, help="the final model folder (default: outputs/<variant>)"
+    )
+    training.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="delete checkpoints of an earlier run in output_dir instead of refusing to start",
+    )
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument(
+        "--category_level",
+        choices=CATEGORY_LEVELS,
+        default="all",
+        help="which node of a product's path it is trained against: a random one (all), the root (general) "
+        "or the leaf (specific)",
+    )
+    training.add_argument("--freeze_towers", action="store_true", help="freeze CLIP's vision and text towers")
+    training.add_argument("--freeze_vision", action="store_true", help="freeze CLIP's vision tower")
+    training.add_argument("--freeze_text", action="store_true", help="freeze CLIP's text tower")
+    training.add_argument("--learning_rate", type=float, default=1e-3, help="heads and attribute tower")
+    training.add_argument(
+        "--tower_learning_rate",
+        type=float,
+        default=None,
+        help="CLIP towers (default: --learning_rate from scratch, 1e-5 from a --base_model)",
+    )
+    training.add_argument("--weight_decay", type=float, default=0.1)
+    training.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
+    training.add_argument("--lr_scheduler", choices=SCHEDULERS, default="cosine")
+    training.add_argument("--warmup_steps", type=int, default=50)
+    training.add_argument("--per_device_train_batch_size", type=int, default=128)
+    training.add_argument(
+        "--gradient_accumulation_steps",
+        type=int,
+        default=1,
+        help="micro-batches per step, combined by feature-cache accumulation so that negatives span them all",
+    )
+    training.add_argument("--num_train_epochs", type=float, default=10)
+    training.add_argument("--max_steps", type=int, default=None, help="overrides --num_train_epochs")
+    training.add_argument(
+        "--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate config"
+    )
+    training.add_argument("--gradient_checkpointing", action="store_true")
+
+    tracking = parser.add_argument_group("evaluation, logging, checkpoints")
+    tracking.add_argument("--eval_steps", type=int, default=100, help="validate every N steps (0: never)")
+    tracking.add_argument("--per_device_eval_batch_size", type=int, default=256)
+    tracking.add_argument(
+        "--keep_best",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the final model is the one with the best validation mAP@10 (else the last)",
+    )
+    tracking.add_argument("--logging_steps", type=int, default=10)
+    tracking.add_argument("--report_to", choices=TRACKERS, default="tensorboard")
+    tracking.add_argument(
+        "--save_steps", type=int, default=500, help="checkpoint every N steps (and at the end)"
+    )
+    tracking.add_argument("--checkpoints_total_limit", type=int, default=2)
+    tracking.add_argument(
+        "--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest" under output_dir'
+    )
+
+    hub = parser.add_argument_group("hub")
+    hub.add_argument(
+        "--push_to_hub", action="store_true", help="upload output_dir (token: HF_TOKEN or `hf auth login`)"
+    )
+    hub.add_argument("--hub_model_id", default=None, help="repo id (default: the output folder's name)")
+    hub.add_argument("--hub_private", action="store_true")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill derived defaults and reject combinations that cannot work, naming the flag."""
+    if args.output_dir is None:
+        args.output_dir = f"outputs/{args.variant}"
+    if args.freeze_towers:
+        args.freeze_vision = args.freeze_text = True
+    if args.tower_learning_rate is None:
+        args.tower_learning_rate = 1e-5 if args.base_model else args.learning_rate
+    positive = {
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "per_device_eval_batch_size": args.per_device_eval_batch_size,
+        "learning_rate": args.learning_rate,
+        "temperature": args.temperature,
+        "num_train_epochs": args.num_train_epochs,
+    }
+    for name, value in positive.items():
+        if value is None or value <= 0:
+            raise ValueError(f"--{name} must be positive, got {value}")
+    for name in ("eval_steps", "save_steps", "logging_steps", "warmup_steps", "dataloader_num_workers"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise ValueError(f"--max_steps must be positive, got {args.max_steps}")
+    if args.tower_learning_rate < 0:
+        raise ValueError(f"--tower_learning_rate must be >= 0, got {args.tower_learning_rate}")
+    if args.per_device_train_batch_size * args.gradient_accumulation_steps < 2:
+        raise ValueError("a contrastive batch needs at least 2 pairs: raise --per_device_train_batch_size")
+    return args
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return check_args(args)
+    except ValueError as error:
+        parser.error(str(error))

@@ -1,0 +1,199 @@
+"""Checkpoints that are either complete or ignored.
+
+`save_checkpoint` writes `checkpoint-<step>.tmp/` (Accelerate's state, then trainer_state.json, then a
+COMPLETE marker) and only then renames it to `checkpoint-<step>/`, so a run killed while saving leaves a
+`.tmp` folder that resumption skips and removes. The best model (by validation mAP@10) is kept the same way
+in `best-<step>/`; a checkpoint records which best folder it relies on, so that folder outlives newer ones
+that a resumed run will recreate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Collection
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "checkpoint-"
+COMPLETE = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+BEST_PREFIX = "best-"
+BEST_WEIGHTS = "model.safetensors"
+BEST_INFO = "best.json"
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+_BEST_NAME = re.compile(rf"^{BEST_PREFIX}(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Mark `tmp` complete and rename it to `final` (replacing an older `final`)."""
+    (tmp / COMPLETE).write_text("")
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and _NAME.match(path.name) is not None and (path / COMPLETE).is_file()
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [p for p in checkpoints_dir.iterdir() if is_complete(p)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    found = complete_checkpoints(checkpoints_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(value: str | None, checkpoints_dir: Path) -> Path | None:
+    """`--resume_from_checkpoint`: "latest" (None when there is none yet) or a checkpoint folder."""
+    if not value:
+        return None
+    if value == "latest":
+        found = latest_checkpoint(checkpoints_dir)
+        if found is None:
+            logger.warning(
+                "--resume_from_checkpoint latest: no complete checkpoint in %s; starting fresh",
+                checkpoints_dir,
+            )
+        return found
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder")
+    if not (path / COMPLETE).is_file() or not (path / STATE_FILE).is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: not a complete checkpoint (no {COMPLETE} marker or {STATE_FILE}); "
+            "it was probably interrupted while saving"
+        )
+    return path
+
+
+def remove_partial(checkpoints_dir: Path) -> list[Path]:
+    """Delete folders left by interrupted saves (`*.tmp`); returns what was removed."""
+    if not checkpoints_dir.is_dir():
+        return []
+    partial = [p for p in checkpoints_dir.iterdir() if p.is_dir() and p.name.endswith(".tmp")]
+    for path in partial:
+        logger.warning("removing %s, left by an interrupted save", path)
+        shutil.rmtree(path)
+    return partial
+
+
+def rotate(checkpoints_dir: Path, total_limit: int | None) -> None:
+    """Keep the newest `total_limit` complete checkpoints."""
+    if not total_limit or total_limit < 1:
+        return
+    for path in complete_checkpoints(checkpoints_dir)[:-total_limit]:
+        shutil.rmtree(path)
+
+
+def save_checkpoint(
+    accelerator, checkpoints_dir: Path, step: int, trainer_state: dict, total_limit: int | None = None
+) -> Path:
+    """Save Accelerate's full state (model, optimizer, scheduler, RNG, scaler) plus `trainer_state`.
+
+    Every process must call it (each writes its RNG state); the main process publishes the folder.
+    """
+    final = checkpoints_dir / f"{PREFIX}{step}"
+    tmp = checkpoints_dir / f"{PREFIX}{step}.tmp"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / STATE_FILE, trainer_state)
+        _publish(tmp, final)
+        rotate(checkpoints_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def best_dir(checkpoints_dir: Path, step: int) -> Path:
+    return checkpoints_dir / f"{BEST_PREFIX}{step}"
+
+
+def best_steps(checkpoints_dir: Path) -> list[int]:
+    """Steps of the complete best-model folders, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    steps = []
+    for path in checkpoints_dir.iterdir():
+        match = _BEST_NAME.match(path.name)
+        if match and (path / COMPLETE).is_file():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def save_best(checkpoints_dir: Path, model: torch.nn.Module, step: int, info: dict) -> Path:
+    """Keep the current weights as the best model of `step` (main process only)."""
+    final = best_dir(checkpoints_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    save_file(state, str(tmp / BEST_WEIGHTS), metadata={"format": "pt"})
+    write_json(tmp / BEST_INFO, info)
+    _publish(tmp, final)
+    return final
+
+
+def prune_best(checkpoints_dir: Path, keep: Collection[int]) -> None:
+    """Drop the best-model folders of steps not in `keep` (the newest best, and the one the latest
+    checkpoint refers to; on resumption, only the one the resumed checkpoint refers to)."""
+    for step in best_steps(checkpoints_dir):
+        if step not in keep:
+            shutil.rmtree(best_dir(checkpoints_dir, step))
+
+
+def load_best(checkpoints_dir: Path, step: int, model: torch.nn.Module) -> dict:
+    """Load the best weights kept for `step` into `model`; returns their info."""
+    folder = best_dir(checkpoints_dir, step)
+    if not (folder / COMPLETE).is_file():
+        raise FileNotFoundError(f"the best model of step {step} is missing from {folder}")
+    model.load_state_dict(load_file(str(folder / BEST_WEIGHTS)))
+    return json.loads((folder / BEST_INFO).read_text())

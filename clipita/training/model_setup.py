@@ -1,0 +1,93 @@
+"""The model, processor and optimizer a run starts from: a small CLIP trained from scratch (default) or a
+pretrained Hugging Face CLIP (`--base_model`), with separate learning rates for towers and heads."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+
+import torch
+
+import clipita.bootstrap as bootstrap  # also registers the auto classes: save_pretrained writes auto_map
+from configuration_clipita import VARIANTS
+from modeling_clipita import CLIPITAModel
+from processing_clipita import CLIPITAProcessor, attribute_strings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 64
+
+
+def training_texts(rows) -> Iterator[str]:
+    """Titles, "key: value" attributes and category names of the training split: the tokenizer's corpus."""
+    for row in rows.select_columns(["title", "attributes", "category"]):
+        if row["title"]:
+            yield row["title"]
+        yield from attribute_strings(row["attributes"])
+        yield from row["category"]
+
+
+def model_config_overrides(args: argparse.Namespace) -> dict:
+    return dict(
+        attribute_pooling=args.attribute_pooling,
+        loss_type=args.loss,
+        contrastive_temperature=args.temperature,
+        learnable_temperature=args.learnable_temperature,
+        freeze_vision_tower=args.freeze_vision,
+        freeze_text_tower=args.freeze_text,
+    )
+
+
+def build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLIPITAProcessor]:
+    """`--base_model` through `CLIPITAModel.from_clip`, else `bootstrap.build_default_model`."""
+    if args.base_model:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        model = CLIPITAModel.from_clip(
+            args.base_model, product_modalities=VARIANTS[args.variant], **model_config_overrides(args)
+        )
+        image_processor = AutoImageProcessor.from_pretrained(args.base_model)
+        if args.image_size:
+            logger.warning("--image_size is ignored with --base_model: the base model's processor decides")
+        processor = CLIPITAProcessor(
+            image_processor,
+            AutoTokenizer.from_pretrained(args.base_model),
+            category_format=args.category_format,
+        )
+        return model, processor
+    model, processor = bootstrap.build_default_model(
+        training_texts(train_rows),
+        variant=args.variant,
+        seed=args.seed,
+        image_size=args.image_size or DEFAULT_IMAGE_SIZE,
+        hidden_size=args.hidden_size,
+        layers=args.num_hidden_layers,
+        vocab_size=args.vocab_size,
+        **model_config_overrides(args),
+    )
+    processor.category_format = args.category_format
+    return model, processor
+
+
+def _decays(name: str, parameter: torch.nn.Parameter) -> bool:
+    """Weight decay on matrices only: not on biases, norms, embeddings or the temperature."""
+    return parameter.ndim >= 2 and "embedding" not in name
+
+
+def optimizer_groups(model: CLIPITAModel, args: argparse.Namespace) -> list[dict]:
+    """AdamW parameter groups: CLIP towers at `tower_learning_rate`, the rest (attribute tower, heads,
+    temperature) at `learning_rate`; frozen parameters are left out."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups.setdefault((name.startswith("clip."), _decays(name, parameter)), []).append(parameter)
+    return [
+        {
+            "params": params,
+            "lr": args.tower_learning_rate if tower else args.learning_rate,
+            "weight_decay": args.weight_decay if decay else 0.0,
+            "name": f"{'towers' if tower else 'heads'}{'' if decay else '_no_decay'}",
+        }
+        for (tower, decay), params in sorted(groups.items())
+    ]

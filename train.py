@@ -1,0 +1,17 @@
+"""Train CLIP-ITA for category-to-image retrieval.
+
+    python train.py --output_dir outputs/clip-ita                      # small model from scratch, demo data
+    accelerate launch train.py --base_model openai/clip-vit-base-patch32 --dataset DATASET ...
+
+`python train.py --help` lists every option; the library code is in clipita/training/.
+"""
+
+from clipita.training import parse_args, train
+
+
+def main(argv=None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
