@@ -774,6 +774,14 @@ def model_dim(model: Any) -> int | None:
     return getattr(getattr(model, "config", None), "projection_dim", None)
 
 
+def check_queries(categories: str | Sequence[str]) -> list[str]:
+    """Query text(s) as a list; empty text is an error, not a search for everything."""
+    texts = [categories] if isinstance(categories, str) else list(categories)
+    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise ValueError(f"empty query: every query must be non-empty category text, got {texts!r}")
+    return texts
+
+
 def search(
     categories: str | Sequence[str],
     k: int = 10,
@@ -784,9 +792,7 @@ def search(
     filters: Sequence[str] | None = None,
 ) -> list[list[Hit]]:
     """Category text(s) -> ranked products per text, via `model.encode_categories` and the index."""
-    texts = [categories] if isinstance(categories, str) else list(categories)
-    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
-        raise ValueError(f"empty query: every query must be non-empty category text, got {texts!r}")
+    texts = check_queries(categories)
     if not isinstance(index, CatalogueIndex):
         index = CatalogueIndex.load(index)
     name = getattr(model, "name_or_path", None) or type(model).__name__

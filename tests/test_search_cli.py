@@ -1,0 +1,114 @@
+"""search.py end to end: a tiny untrained CLIP-ITA indexes a tiny generated catalogue, then answers queries.
+
+The model is untrained, so these tests check the plumbing (shapes, ranking order, filters, errors),
+not retrieval quality.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import search as search_cli
+from clipita.bootstrap import build_default_model
+from clipita.catalogue import generate_catalogue
+from tests.conftest import TINY_TEXTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(tmp folder, index folder, its test-split size) after `search.py build` with the 32-d model."""
+    tmp = tmp_path_factory.mktemp("search_cli")
+    generate_catalogue(tmp / "catalogue", num_products=200, progress=False)
+    for dim in (32, 64):
+        model, processor = build_default_model(TINY_TEXTS, hidden_size=dim, layers=1, image_size=32)
+        model.save_pretrained(tmp / f"model{dim}")
+        processor.save_pretrained(tmp / f"model{dim}")
+    args = ["build", "--model", str(tmp / "model32"), "--dataset", str(tmp / "catalogue"), "--split", "test"]
+    assert (
+        search_cli.main([*args, "--output", str(tmp / "index"), "--batch_size", "16", "--shard_size", "25"])
+        == 0
+    )
+    count = json.loads((tmp / "catalogue" / "catalogue.json").read_text())["sizes"]["test"]
+    return tmp, tmp / "index", count
+
+
+def run_query(capsys, index: Path, *args: str) -> list[dict]:
+    assert search_cli.main(["query", "--index", str(index), "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_build_writes_a_complete_index_folder(built):
+    tmp, index, count = built
+    assert {p.name for p in index.iterdir()} == {
+        "index.faiss",
+        "embeddings.npy",
+        "metadata.parquet",
+        "manifest.json",
+    }
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["count"] == count and manifest["embedding_dim"] == 32
+    assert manifest["model"]["name_or_path"] == str((tmp / "model32").resolve())
+    assert manifest["model"]["projection_dim"] == 32 and len(manifest["model"]["config_sha256"]) == 64
+    assert manifest["index"]["kind"] == "flat" and manifest["encode"]["skipped"] == 0
+
+
+def test_query_json_ranks_products_with_their_metadata(built, capsys):
+    _, index, count = built
+    rows = run_query(capsys, index, "--k", "5", "Mugs", "Home > Kitchen")
+    assert [(r["query"], r["rank"]) for r in rows] == [("Mugs", i) for i in range(1, 6)] + [
+        ("Home > Kitchen", i) for i in range(1, 6)
+    ]
+    assert set(rows[0]) == {"query", "rank", "product_id", "score", "title", "category", "attributes"}
+    scores = [r["score"] for r in rows[:5]]
+    assert scores == sorted(scores, reverse=True) and all(isinstance(r["category"], list) for r in rows)
+    assert len(run_query(capsys, index, "--k", "100000", "Mugs")) == count  # k past the catalogue: everything
+
+
+def test_query_filters_and_plain_text_output(built, capsys):
+    _, index, _ = built
+    everything = run_query(capsys, index, "--k", "1000", "Mugs")
+    attribute = everything[0]["attributes"][0]
+    key, value = attribute.split(":", 1)
+    wanted = {
+        r["product_id"] for r in everything if attribute.lower() in [a.lower() for a in r["attributes"]]
+    }
+    filtered = run_query(capsys, index, "--k", "1000", "--filter", f"{key.upper()}:{value.upper()}", "Mugs")
+    assert {r["product_id"] for r in filtered} == wanted
+    assert search_cli.main(["query", "--index", str(index), "--k", "2", "Mugs"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("query: 'Mugs' (2 products)") and "  1. " in out and "  2. " in out
+
+
+def test_query_errors_are_clear(built, capsys):
+    tmp, index, _ = built
+    assert search_cli.main(["query", "--index", str(index), "  "]) == 2
+    assert "empty query" in capsys.readouterr().err
+    assert search_cli.main(["query", "--index", str(tmp), "Mugs"]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    # as a user runs it: an index built by a 32-d model, queried with a 64-d one
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "search.py"),
+            "query",
+            "--index",
+            str(index),
+            "--model",
+            str(tmp / "model64"),
+            "Mugs",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+    )
+    assert result.returncode == 2
+    assert (
+        "64-d" in result.stderr
+        and "32-d" in result.stderr
+        and str((tmp / "model32").resolve()) in result.stderr
+    )
