@@ -28,6 +28,8 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from clipita.data import category_nodes, seen_nodes
+
 logger = logging.getLogger(__name__)
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "clipita_retrieval"
@@ -65,10 +67,6 @@ def metric_names() -> list[str]:
 # --- category tree --------------------------------------------------------------------------------------
 
 
-def _nodes_on_path(path: Sequence[str]) -> list[Node]:
-    return [tuple(path[: depth + 1]) for depth in range(len(path))]
-
-
 def query_nodes(paths: Iterable[Sequence[str]], setting: str) -> list[Node]:
     """Distinct query nodes of a setting: roots ("general"), full paths ("specific") or every prefix ("all")."""
     if setting not in SETTINGS:
@@ -82,13 +80,8 @@ def query_nodes(paths: Iterable[Sequence[str]], setting: str) -> list[Node]:
         elif setting == "specific":
             nodes.add(tuple(path))
         else:
-            nodes.update(_nodes_on_path(path))
+            nodes.update(category_nodes(path))
     return sorted(nodes)
-
-
-def seen_nodes(train_paths: Iterable[Sequence[str]]) -> set[Node]:
-    """Every node on some training product's path: a test query node outside this set is unseen."""
-    return {node for path in train_paths for node in _nodes_on_path(path)}
 
 
 class CategoryIndex:
@@ -105,7 +98,7 @@ class CategoryIndex:
                     f"product {row}: category path must be a list of non-empty strings, got {path!r}"
                 )
             empty += not path
-            for d, node in enumerate(_nodes_on_path(path)):
+            for d, node in enumerate(category_nodes(path)):
                 self.at_depth[row, d] = self.node_ids.setdefault(node, len(self.node_ids))
         if empty:
             logger.warning("%d of %d products have an empty category path: never relevant", empty, len(paths))
@@ -118,7 +111,7 @@ class CategoryIndex:
         """[Q, D] node ids of each query's prefixes; -2 past its depth (never equal to a product's -1)."""
         out = np.full((len(nodes), self.at_depth.shape[1]), -2, dtype=np.int64)
         for q, node in enumerate(nodes):
-            for d, prefix in enumerate(_nodes_on_path(node)):
+            for d, prefix in enumerate(category_nodes(node)):
                 out[q, d] = self.node_ids[prefix]
         return out
 
@@ -190,14 +183,15 @@ def _groups_by_depth(num_relevant: np.ndarray, max_entries: int, max_queries: in
     return groups
 
 
-def _mean_or_none(values: np.ndarray, mask: np.ndarray) -> float | None:
-    return float(values[mask].mean()) if mask.any() else None
+def _mean_or_none(values: np.ndarray, mask: np.ndarray | None) -> float | None:
+    """The mean over a query group; None (null in JSON, never NaN) for an empty or unknown group."""
+    return float(values[mask].mean()) if mask is not None and mask.any() else None
 
 
 def evaluate_rankings(
     ranker: Ranker,
     product_paths: Sequence[Sequence[str]],
-    train_paths: Iterable[Sequence[str]],
+    train_paths: Iterable[Sequence[str]] | None,
     settings: Sequence[str] = SETTINGS,
     query_text: Callable[[Node], str] = lambda node: node[-1],
     max_queries_per_setting: int | None = None,
@@ -208,11 +202,11 @@ def evaluate_rankings(
     """Score a ranker on the products' category paths; returns results.json's "settings" object.
 
     ``product_paths[i]`` is product i's root -> leaf path (the ranker's index i). ``train_paths`` decide
-    seen / unseen. ``max_queries_per_setting`` samples that many queries per setting (seeded).
+    seen / unseen (None: unknown, both groups null). ``max_queries_per_setting`` samples that many queries per setting (seeded).
     ``max_entries`` bounds one retrieval group (queries x depth), which bounds memory.
     """
     index = CategoryIndex(product_paths)
-    seen = seen_nodes(train_paths)
+    seen = None if train_paths is None else seen_nodes(train_paths)
     metrics = metric_module()
     results: dict[str, dict] = {}
     for setting in settings:
@@ -253,13 +247,17 @@ def evaluate_rankings(
             wrong_common.append(common[wrong])
             wrong_distance.append((depths[group][:, None] - common)[wrong])
 
-        is_seen = np.array([n in seen for n in nodes])
-        masks = {"overall": np.ones(len(nodes), bool), "seen": is_seen, "unseen": ~is_seen}
+        members = {"overall": np.ones(len(nodes), bool)}  # no train split: seen / unseen unknown (null)
+        if seen is not None:
+            is_seen = np.array([n in seen for n in nodes])
+            members.update(seen=is_seen, unseen=~is_seen)
         results[setting] = {
-            group: {name: _mean_or_none(values, mask) for name, values in per_query.items()}
-            for group, mask in masks.items()
+            group: {name: _mean_or_none(values, members.get(group)) for name, values in per_query.items()}
+            for group in GROUPS
         }
-        results[setting]["num_queries"] = {group: int(mask.sum()) for group, mask in masks.items()}
+        results[setting]["num_queries"] = {
+            group: int(members[group].sum()) if group in members else None for group in GROUPS
+        }
         results[setting]["error_analysis"] = _error_analysis(
             np.concatenate(wrong_common), np.concatenate(wrong_distance)
         )
@@ -390,7 +388,8 @@ def run_evaluation(
     device: str | None = None,
     **protocol,
 ) -> dict:
-    """Evaluate checkpoints and baselines on one split of a catalogue (`datasets.DatasetDict` with a train split).
+    """Evaluate checkpoints and baselines on one split of a catalogue (a `datasets.DatasetDict`; its train
+    split, when present, decides which categories are seen).
 
     Returns the results.json object: the first model's run (or the first baseline's, without models) with the
     issue's keys, and every other run, same shape, under "baselines". ``protocol`` goes to `evaluate_rankings`
@@ -398,19 +397,26 @@ def run_evaluation(
     projections inside ``zero_shot_from`` (default: the first model), so it is zero-shot only when that
     model kept CLIP frozen.
     """
+    import datasets
+
     from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings
 
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
-    for needed in ("train", split):
-        if needed not in catalogue:
-            raise ValueError(f"the catalogue has no {needed!r} split (splits: {list(catalogue)})")
+    if split not in catalogue:
+        raise ValueError(f"the catalogue has no {split!r} split (splits: {list(catalogue)})")
     if not model_paths and not baselines:
         raise ValueError("nothing to evaluate: give model paths and/or baselines")
     products = catalogue[split]
+    if isinstance(products, datasets.IterableDataset):
+        raise ValueError("evaluation ranks the whole split: load it as a map-style Dataset (no streaming)")
     product_paths = list(products["category"])
-    train_paths = list(catalogue["train"]["category"])
+    train_paths = list(catalogue["train"]["category"]) if "train" in catalogue else None
+    if train_paths is None:
+        logger.warning(
+            "no train split: seen / unseen categories cannot be told apart and are reported as null"
+        )
     meta = {"dataset": dataset_name, "split": split}
 
     def run(name: str, model: str, results: dict, skipped: int, **extra) -> dict:

@@ -232,3 +232,54 @@ def test_embed_rows_skips_broken_rows_and_raises_on_systematic_failure():
 
     with pytest.raises(ValueError, match="first chunk"):
         embed_rows(products, ["x"], always_fails, chunk_size=2)
+
+
+def test_eval_cli_end_to_end(tmp_path):
+    """eval.py on a generated catalogue and a tiny saved CLIP-ITA: results.json schema and value ranges."""
+    import json
+
+    from clipita.bootstrap import build_default_model
+    from clipita.catalogue import generate_catalogue
+    from clipita.data import load_catalogue
+    from eval import main
+
+    catalogue = generate_catalogue(tmp_path / "catalogue", num_products=240, progress=False)
+    train = load_catalogue(str(catalogue), "train")
+    texts = [
+        *train["title"],
+        *(a for attrs in train["attributes"] for a in attrs),
+        *(c for p in train["category"] for c in p),
+    ]
+    model, processor = build_default_model(texts, hidden_size=32, layers=1)
+    model.save_pretrained(tmp_path / "clip-ita")
+    processor.save_pretrained(tmp_path / "clip-ita")
+
+    out = tmp_path / "results.json"
+    args = ["--model", str(tmp_path / "clip-ita"), "--dataset", str(catalogue), "--split", "test"]
+    args += ["--output", str(out), "--max_queries", "25", "--table", str(tmp_path / "t.md")]
+    returned = main([*args, "--plot", str(tmp_path / "docs" / "p.png")])
+
+    results = json.loads(out.read_text())
+    assert results == returned
+    assert results["model"] == str(tmp_path / "clip-ita") and results["variant"] == "clip-ita"
+    assert (results["dataset"], results["split"]) == (str(catalogue), "test")
+    assert [run["model"] for run in results["baselines"]] == ["bm25", "clip-zero-shot"]
+    test_size = len(load_catalogue(str(catalogue), "test"))
+    for run in [results, *results["baselines"]]:
+        assert run["num_products"] + run["num_skipped"] == test_size
+        assert list(run["settings"]) == ["all", "general", "specific"]
+        for setting in run["settings"].values():
+            counts = setting["num_queries"]
+            assert 0 < counts["overall"] <= 25 and counts["overall"] == counts["seen"] + counts["unseen"]
+            for group in ("overall", "seen", "unseen"):
+                assert list(setting[group]) == metric_names()
+                values = list(setting[group].values())
+                assert (
+                    all(v is None for v in values) if counts[group] == 0 else all(0 <= v <= 1 for v in values)
+                )
+            assert 0 <= setting["error_analysis"]["same_path_share"] <= 1
+    # The demo catalogue holds out leaves from training: the specific setting has unseen queries.
+    assert results["settings"]["specific"]["num_queries"]["unseen"] > 0
+    table = (tmp_path / "t.md").read_text()
+    assert all(f"| {name} |" in table for name in ("BM25", "CLIP zero-shot", "clip-ita"))
+    assert (tmp_path / "docs" / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,120 @@
+"""Evaluate CLIP-ITA checkpoints and baselines on category-to-image retrieval (the paper's protocol).
+
+    python eval.py --model DIR [--model DIR2 ...] --dataset DATASET --split test --output results.json \
+        [--baselines bm25,clip-zero-shot] [--settings all,general,specific] [--batch_size 64] [--max_queries N]
+
+Prints a table shaped like the paper's Table 1 and writes results.json:
+
+    {"name": row name, "model": DIR, "dataset": DATASET, "split": SPLIT, "num_products": n, "num_skipped": n,
+     "settings": {"all" | "general" | "specific": {
+         "overall" | "seen" | "unseen": {"P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10",
+                                         "MRR", "nDCG@10": value in [0, 1], or null when the group is empty},
+         "num_queries": {"overall": n, "seen": n, "unseen": n},
+         "error_analysis": {"num_wrong": n, "same_path_share": share, "depth_distance": {"1": share, ...}}}},
+     "baselines": [every other run (other --model folders, BM25, CLIP zero-shot), same keys]}
+
+The first --model is the top-level run. Metric definitions: clipita/metrics/clipita_retrieval/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from clipita.data import add_loader_arguments, load_from_args
+from clipita.evaluation import (
+    BASELINES,
+    SETTINGS,
+    format_table,
+    plot_results,
+    run_evaluation,
+    runs_by_name,
+)
+
+
+def _names(value: str, allowed: Sequence[str], what: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {', '.join(allowed)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", action="append", default=[], help="CLIP-ITA folder or Hub id (repeat for several)"
+    )
+    add_loader_arguments(parser)
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("results.json"), help="where to write results.json"
+    )
+    parser.add_argument(
+        "--baselines",
+        type=lambda v: _names(v, BASELINES, "baselines"),
+        default=list(BASELINES),
+        help=f"comma-separated, from {', '.join(BASELINES)}; 'none' for no baseline (default: all)",
+    )
+    parser.add_argument(
+        "--settings",
+        type=lambda v: _names(v, SETTINGS, "settings"),
+        default=list(SETTINGS),
+        help="comma-separated query settings (default: all,general,specific)",
+    )
+    parser.add_argument(
+        "--zero_shot_from",
+        help="CLIP-ITA whose CLIP towers give the zero-shot baseline (default: first --model)",
+    )
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--max_queries", type=int, help="sample at most N queries per setting (seeded)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the query sample")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--table", type=Path, help="also write the markdown table here")
+    parser.add_argument("--plot", type=Path, help="also write a P@10 bar plot (PNG) here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parse arguments, evaluate, print the table, write results.json (and table / plot); return the results."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.model and not args.baselines:
+        parser.error("give at least one --model or a baseline")
+    if "clip-zero-shot" in args.baselines and not (args.model or args.zero_shot_from):
+        parser.error("the clip-zero-shot baseline needs --model or --zero_shot_from")
+    catalogue, report = load_from_args(args)
+    logging.getLogger("eval").info("catalogue %s: %s", args.dataset, report)
+    results = run_evaluation(
+        catalogue,
+        split=args.split,
+        model_paths=args.model,
+        baselines=args.baselines,
+        dataset_name=args.dataset,
+        zero_shot_from=args.zero_shot_from,
+        batch_size=args.batch_size,
+        device=args.device,
+        settings=args.settings,
+        max_queries_per_setting=args.max_queries,
+        seed=args.seed,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    table = format_table(runs_by_name(results))
+    print(table)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table)
+    if args.plot:
+        plot_results(runs_by_name(results), args.plot)
+    print(f"results written to {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
