@@ -6,11 +6,11 @@ its category path starts with it. Every product of the split is ranked for every
 queries x products matrix is ever built. The metric math lives once, in the local `evaluate` module
 ``clipita/metrics/clipita_retrieval``; this file imports it by path.
 
-Result shape (one entry of ``results["settings"]``; see README "results.json")::
+Result shape (one entry of ``results["settings"]``; the whole results.json is described in eval.py)::
 
     {"overall" | "seen" | "unseen": {"P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10",
                                      "MRR", "nDCG@10": float in [0, 1], or null for an empty group},
-     "num_queries": {"overall": n, "seen": n, "unseen": n},
+     "num_queries": {"overall": n, "seen": n, "unseen": n},  (seen / unseen null without a train split)
      "error_analysis": {"num_wrong": n, "same_path_share": float | null, "depth_distance": {"d": share}}}
 """
 

@@ -101,6 +101,13 @@ def test_general_setting_empty_unseen_group_is_null():
     assert result["error_analysis"]["depth_distance"] == {"1": 1.0}
 
 
+def test_without_train_split_seen_and_unseen_are_null():
+    result = evaluate_rankings(FixedRanker(LISTS), PATHS, None, settings=("specific",))["specific"]
+    assert result["num_queries"] == {"overall": 5, "seen": None, "unseen": None}
+    assert result["seen"] == result["unseen"] == dict.fromkeys(metric_names())
+    assert result["overall"]["P@1"] == pytest.approx(2 / 5)
+
+
 def test_results_shape_and_ranges_for_every_setting():
     results = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN)
     assert list(results) == ["all", "general", "specific"]
