@@ -124,6 +124,10 @@ def describe_dataset(name: str | None) -> dict:
         return {"name": None, "id": None, "hub_id": None, "synthetic": False, "info": None}
     name = str(name)
     path = Path(name)
+    if name == "demo":  # clipita.data's name for the embedded catalogue, generated into demo_dir()
+        from clipita.data import demo_dir
+
+        path = demo_dir()
     info = None
     try:
         info = json.loads((path / "catalogue.json").read_text())
@@ -178,8 +182,11 @@ def fmt(value: Any) -> str:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a/b/c": value}, keeping order; long lists (curves) become their length."""
-    if isinstance(value, (list, tuple)) and len(value) > MAX_LIST:
+    """Nested dicts -> {"a/b/c": value}, keeping order; long lists and lists of objects (curves, histories)
+    become their length."""
+    if isinstance(value, (list, tuple)) and (
+        len(value) > MAX_LIST or any(isinstance(v, (Mapping, list, tuple)) for v in value)
+    ):
         return {prefix: f"({len(value)} values)"}
     if not isinstance(value, Mapping):
         return {prefix: value}
@@ -228,7 +235,7 @@ def comparison_table(result: Mapping) -> str | None:
         return None
     from clipita.evaluation import format_table, runs_by_name
 
-    return format_table(runs_by_name(dict(result)))
+    return format_table(runs_by_name(dict(result))).strip()
 
 
 def metrics_table(metrics: Mapping) -> str:
@@ -323,6 +330,48 @@ def count_parameters(model_dir: Path) -> int | None:
         with safe_open(str(path), framework="pt") as f:
             total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
     return total
+
+
+CATEGORY_LEVELS = {
+    "all": "a random category on each product's path (all)",
+    "general": "each product's root category (general)",
+    "specific": "each product's leaf category (specific)",
+}
+# (label, where to find it: a training argument, or "metrics:" + a path in metrics.json)
+TRAINING_SUMMARY = (
+    ("variant", "variant"),
+    ("started from", "base_model"),
+    ("trained against", "category_level"),
+    ("loss", "loss"),
+    ("steps", "metrics:train/steps"),
+    ("epochs", "metrics:train/epochs"),
+    ("global batch size", "metrics:train/global_batch_size"),
+    ("learning rate (heads, attribute tower)", "learning_rate"),
+    ("learning rate (CLIP towers)", "tower_learning_rate"),
+    ("frozen vision / text tower", "freeze_vision,freeze_text"),
+    ("initial temperature", "temperature"),
+    ("final model", "metrics:validation/final_model"),
+    ("training time (s)", "metrics:train/train_seconds"),
+)
+
+
+def training_summary(training_args: Mapping, metrics: Mapping) -> str | None:
+    """The few facts of a run a reader wants first; the full argument list goes in a collapsed table."""
+    flat_metrics = flatten(metrics)
+    rows = []
+    for label, source in TRAINING_SUMMARY:
+        if source.startswith("metrics:"):
+            values = [flat_metrics.get(source.removeprefix("metrics:"))]
+        else:
+            values = [training_args.get(key) for key in source.split(",")]
+        if all(v is None for v in values):
+            continue
+        if label == "started from" and not values[0]:
+            continue
+        if label == "trained against":
+            values = [CATEGORY_LEVELS.get(values[0], values[0])]
+        rows.append([label, " / ".join(fmt(v) for v in values)])
+    return markdown_table(["", ""], rows) if rows else None
 
 
 def architecture_rows(config: Mapping, model_dir: Path) -> list[list[str]]:
@@ -458,6 +507,7 @@ def render_model_card(
         )
         if training_args
         else None,
+        training_summary=training_summary(training_args, metrics),
         validation_table=metrics_table(metrics) if metrics else None,
         training_curve=TRAINING_CURVE if (model_dir / TRAINING_CURVE).is_file() else None,
         result=result,
