@@ -1,0 +1,138 @@
+"""Contrastive gradients: feature-cache accumulation equals one big batch, and two processes equal one."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from clipita.training.gradcache import contrastive_step
+from tests.conftest import ROOT, tiny_model
+from tests.helpers.batches import fixed_batch, gradients, split
+
+RELATIVE_TOLERANCE = 1e-5  # of each gradient tensor's largest entry: float32 rounding, not a real difference
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Exact comparisons and speed: one intra-op thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def step_gradients(model, batches):
+    model = copy.deepcopy(model)
+    accelerator = Accelerator()
+    model.to(accelerator.device)
+    batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in batches]
+    loss = contrastive_step(accelerator, model, batches)
+    return loss.item(), {k: v.cpu() for k, v in gradients(model).items()}
+
+
+def same(expected: torch.Tensor, actual: torch.Tensor) -> bool:
+    scale = max(1.0, expected.abs().max().item())
+    return (actual - expected).abs().max().item() <= RELATIVE_TOLERANCE * scale
+
+
+def assert_same_gradients(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys()
+    different = [name for name in expected if not same(expected[name], actual[name])]
+    assert not different, f"gradients differ for {different}"
+
+
+def test_one_batch_step_is_the_models_loss():
+    model, processor = tiny_model()
+    batch = fixed_batch(model, processor)
+    loss, grads = step_gradients(model, [batch])
+    reference = copy.deepcopy(model)
+    expected = reference(**batch, return_loss=True).loss
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), abs=1e-6)
+    assert_same_gradients(gradients(reference), grads)
+    assert "logit_scale" in grads  # the learnable temperature is trained too
+
+
+@pytest.mark.parametrize("loss_type", ["infonce", "multi_positive"])
+def test_feature_cache_accumulation_equals_one_big_batch(loss_type):
+    model, processor = tiny_model(loss_type=loss_type)
+    batch = fixed_batch(model, processor)
+    big_loss, big = step_gradients(model, [batch])
+    cached_loss, cached = step_gradients(model, split(batch, 4))
+    assert cached_loss == pytest.approx(big_loss, abs=1e-5)
+    assert_same_gradients(big, cached)
+
+    # Summing micro-batch losses (plain accumulation) contrasts only within micro-batches: not the same.
+    naive = copy.deepcopy(model)
+    for micro in split(batch, 4):
+        naive(**micro, return_loss=True).loss.div(4).backward()
+    different = gradients(naive)
+    assert any(not same(big[k], different[k]) for k in big)
+
+
+def test_feature_cache_accumulation_replays_dropout():
+    model, processor = tiny_model(head_dropout=0.3)
+    batch = fixed_batch(model, processor)
+    micro = split(batch, 2)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(**batch).product_embeds, model(**batch).product_embeds)  # dropout is on
+
+    torch.manual_seed(123)
+    reference = copy.deepcopy(model)
+    outputs = [reference(**{k: v for k, v in m.items() if k != "category_ids"}) for m in micro]
+    loss = reference.contrastive_loss(
+        torch.cat([o.category_embeds for o in outputs]),
+        torch.cat([o.product_embeds for o in outputs]),
+        batch["category_ids"],
+    )
+    loss.backward()
+
+    torch.manual_seed(123)  # the first (cached) pass draws the same masks as the reference
+    cached_loss, cached = step_gradients(model, micro)
+    assert cached_loss == pytest.approx(loss.item(), abs=1e-5)
+    assert_same_gradients(gradients(reference), cached)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path):
+    """Two CPU processes (gloo): gathered negatives, DDP averaging accounted for."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+        "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        str(ROOT / "tests" / "helpers" / "distributed_check.py"), "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    model, processor = tiny_model(loss_type="multi_positive")
+    batch = fixed_batch(model, processor, size=8)
+    loss, grads = step_gradients(model, [batch])  # one process, the whole global batch
+    for accumulation in (1, 2):
+        saved = torch.load(tmp_path / f"accumulation{accumulation}.pt")
+        assert saved["loss"] == pytest.approx(loss, abs=1e-5)
+        assert_same_gradients(grads, saved["grads"])
+
+    run = tmp_path / "run"
+    assert (run / "model.safetensors").is_file() and (run / "metrics.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
+    assert {p.name for p in (run / "checkpoints" / "checkpoint-3").glob("random_states_*.pkl")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }

@@ -1,0 +1,175 @@
+"""Training building blocks: category levels, data order, batches, checkpoints on disk, arguments, optimizer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipita.training import checkpoints as ckpt
+from clipita.training.arguments import parse_args
+from clipita.training.collate import (
+    CategoryVocabulary,
+    EpochSampler,
+    PairCollator,
+    TrainingPairs,
+    category_node,
+    dataset_columns,
+)
+from clipita.training.model_setup import optimizer_groups
+from tests.conftest import tiny_model
+from tests.helpers.tiny_catalogue import tiny_catalogue
+
+PATH = ["Home", "Home Kitchen", "Mugs"]
+
+
+def test_category_levels_pick_the_papers_nodes():
+    assert category_node(PATH, "general") == ("Home",)
+    assert category_node(PATH, "specific") == tuple(PATH)
+    drawn = {category_node(PATH, "all", np.random.default_rng(i)) for i in range(200)}
+    assert drawn == {("Home",), ("Home", "Home Kitchen"), tuple(PATH)}  # every node on the path, nothing else
+    with pytest.raises(ValueError, match="unknown category level"):
+        category_node(PATH, "leafy")
+    with pytest.raises(ValueError, match="empty category path"):
+        category_node([], "general")
+
+
+def test_pairs_depend_on_seed_epoch_and_index_only():
+    rows = tiny_catalogue(num_train=40, num_validation=2)["train"]
+    pairs = TrainingPairs(rows, "all", seed=3, columns=["image"])
+    first = [pairs[i]["node"] for i in range(40)]
+    assert [pairs[i]["node"] for i in range(40)] == first  # reading again (or after a resume) gives the same
+    pairs.set_epoch(1)
+    assert [pairs[i]["node"] for i in range(40)] != first  # a new epoch draws other levels
+    for i in range(40):
+        assert list(pairs[i]["node"]) == rows[i]["category"][: len(pairs[i]["node"])]  # a prefix of its path
+    specific = TrainingPairs(rows, "specific", seed=3, columns=["image"])
+    assert all(list(specific[i]["node"]) == rows[i]["category"] for i in range(40))
+
+
+def test_epoch_sampler_is_a_permutation_fixed_by_seed_and_epoch():
+    sampler = EpochSampler(50, seed=1)
+    order0 = list(sampler)
+    assert sorted(order0) == list(range(50)) and list(sampler) == order0
+    sampler.set_epoch(1)
+    assert list(sampler) != order0
+    assert list(EpochSampler(50, seed=2)) != order0
+
+
+def test_collator_builds_model_inputs_and_category_ids():
+    model, processor = tiny_model("clip-ia")
+    rows = tiny_catalogue(num_train=12, num_validation=2)["train"]
+    pairs = TrainingPairs(rows, "general", seed=0, columns=dataset_columns(model.config.product_modalities))
+    vocabulary = CategoryVocabulary(rows["category"])
+    batch = PairCollator(processor, vocabulary, model.config.product_modalities)(
+        [pairs[i] for i in range(12)]
+    )
+    assert "title_input_ids" not in batch and batch["pixel_values"].shape[0] == 12
+    assert batch["attribute_input_ids"].shape[0] == 12 and int(batch["num_skipped"]) == 0
+    roots = [r[0] for r in rows["category"]]
+    ids = batch["category_ids"].tolist()
+    assert all((ids[i] == ids[j]) == (roots[i] == roots[j]) for i in range(12) for j in range(12))
+    out = model(**{k: v for k, v in batch.items() if k not in ("category_ids", "num_skipped")})
+    assert out.product_embeds.shape[0] == 12
+
+
+def test_vocabulary_keeps_equal_names_in_different_branches_apart():
+    vocabulary = CategoryVocabulary([["Men", "Shoes"], ["Women", "Shoes"]])
+    assert vocabulary[("Men", "Shoes")] != vocabulary[("Women", "Shoes")]
+    assert len(vocabulary) == 4 and vocabulary[("Kids",)] == 4  # a new node gets the next id
+
+
+def test_unreadable_image_is_replaced_by_the_next_row():
+    class Rows:
+        """Row 1's image cannot be decoded."""
+
+        def __init__(self, data):
+            self.data = data
+
+        def select_columns(self, columns):
+            return self
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            if i == 1:
+                raise OSError("broken PNG")
+            return dict(self.data[i])
+
+    data = tiny_catalogue(num_train=3, num_validation=1)["train"]
+    pairs = TrainingPairs(Rows([data[i] for i in range(3)]), "specific", 0, ["image"])
+    row = pairs[1]
+    assert row["skipped"] == 1 and row["category"] == data[2]["category"]
+
+
+def _fake_checkpoint(folder, step, complete=True):
+    path = folder / (f"checkpoint-{step}" if complete else f"checkpoint-{step}.tmp")
+    path.mkdir(parents=True)
+    (path / ckpt.STATE_FILE).write_text(json.dumps({"global_step": step}))
+    if complete:
+        (path / ckpt.COMPLETE).write_text("")
+    return path
+
+
+def test_latest_ignores_interrupted_saves_and_rotation_keeps_the_newest(tmp_path):
+    for step in (5, 10, 20):
+        _fake_checkpoint(tmp_path, step)
+    _fake_checkpoint(tmp_path, 30, complete=False)  # killed while saving
+    unmarked = tmp_path / "checkpoint-40"  # renamed but marker missing: never trusted
+    unmarked.mkdir()
+    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-20"
+    assert ckpt.resolve_resume("latest", tmp_path).name == "checkpoint-20"
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        ckpt.resolve_resume(str(unmarked), tmp_path)
+    with pytest.raises(FileNotFoundError):
+        ckpt.resolve_resume(str(tmp_path / "nope"), tmp_path)
+    assert [p.name for p in ckpt.remove_partial(tmp_path)] == ["checkpoint-30.tmp"]
+    ckpt.rotate(tmp_path, 2)
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-20"]
+    assert ckpt.resolve_resume("latest", tmp_path / "empty") is None
+
+
+def test_best_model_folders_round_trip_and_prune(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    ckpt.save_best(tmp_path, model, 4, {"step": 4})
+    with torch.no_grad():
+        model.weight.zero_()
+    ckpt.save_best(tmp_path, model, 8, {"step": 8})
+    assert ckpt.best_steps(tmp_path) == [4, 8]
+    ckpt.prune_best(tmp_path, keep={8})
+    assert ckpt.best_steps(tmp_path) == [8]
+    fresh = torch.nn.Linear(3, 2)
+    assert ckpt.load_best(tmp_path, 8, fresh) == {"step": 8}
+    assert torch.equal(fresh.weight, torch.zeros(2, 3))
+    with pytest.raises(FileNotFoundError, match="step 4"):
+        ckpt.load_best(tmp_path, 4, fresh)
+
+
+def test_arguments_defaults_and_errors(capsys):
+    args = parse_args([])
+    assert args.output_dir == "outputs/clip-ita" and args.dataset == "demo"
+    assert args.tower_learning_rate == args.learning_rate  # from scratch: one learning rate
+    args = parse_args(["--base_model", "some/clip", "--freeze_towers", "--variant", "clip-i"])
+    assert args.tower_learning_rate == 1e-5 and args.freeze_vision and args.freeze_text
+    assert args.output_dir == "outputs/clip-i"
+    with pytest.raises(SystemExit):
+        parse_args(["--per_device_train_batch_size", "0"])
+    assert "--per_device_train_batch_size must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--category_level", "leaf"])
+
+
+def test_optimizer_groups_separate_towers_heads_and_decay():
+    model, _ = tiny_model(freeze_vision_tower=True)
+    args = parse_args(["--learning_rate", "1e-3", "--tower_learning_rate", "1e-5", "--weight_decay", "0.2"])
+    groups = {g["name"]: g for g in optimizer_groups(model, args)}
+    assert groups["towers"]["lr"] == 1e-5 and groups["heads"]["lr"] == 1e-3
+    assert groups["heads"]["weight_decay"] == 0.2 and groups["heads_no_decay"]["weight_decay"] == 0.0
+    grouped = {id(p) for g in groups.values() for p in g["params"]}
+    assert id(model.logit_scale) in {id(p) for p in groups["heads_no_decay"]["params"]}
+    assert all(id(p) not in grouped for p in model.clip.vision_model.parameters())  # frozen: left out
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable)
