@@ -71,6 +71,7 @@ def fake_training() -> tuple[dict, dict]:
         "learning_rate": 5e-4,
         "num_train_epochs": 3,
         "variant": "clip-ita",
+        "category_level": "all",
     }
     metrics = {
         "category_level": "all",
@@ -170,7 +171,9 @@ def test_card_body_shows_usage_results_plot_and_citation(release):
     assert "not comparable with the paper's XMarket numbers" in text
     assert "Test results of this checkpoint (`clip-ita`)" in text and "(90 products)" in text
     assert "| BM25 | 2.00 / 4.00 |" in text and "| clip-ita | 7.00 / 9.00 |" in text  # all: P@10 / mAP@10
-    assert "| `learning_rate` | 0.0005 |" in text
+    assert "| `learning_rate` | 0.0005 |" in text and "<summary>Every training argument" in text
+    assert "| trained against | a random category on each product's path (all) |" in text
+    assert "| steps | 200 |" in text and "| final model | best |" in text
     assert "| best (step 120) | overall | 12 | " + " | ".join(["41.00"] * 9) + " |" in text
     assert "| step_0 | unseen | 0 | " + " | ".join(["–"] * 9) + " |" in text
     assert "| `validation/final_model` | best |" in text and "| `train/loss/last` | 1.25 |" in text
