@@ -320,11 +320,10 @@ def load_shards(out_dir: str | os.PathLike) -> tuple[np.ndarray, pa.Table]:
         raise ValueError(
             f"the encode in {out} is incomplete ({state['rows_done']} rows done): resume it first"
         )
-    embs = [np.load(out / s["embeddings"]) for s in state["shards"]]
-    dim = state["dim"] or 0
-    emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
-    meta = pa.concat_tables([pq.read_table(out / s["metadata"]) for s in state["shards"]]) if embs else None
-    return emb, meta if meta is not None else METADATA_SCHEMA.empty_table()
+    embs = [e for e in (np.load(out / s["embeddings"]) for s in state["shards"]) if len(e)]
+    emb = np.concatenate(embs) if embs else np.zeros((0, state["dim"] or 0), np.float32)
+    tables = [pq.read_table(out / s["metadata"]) for s in state["shards"]]
+    return emb, pa.concat_tables(tables) if tables else METADATA_SCHEMA.empty_table()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -122,6 +122,19 @@ def test_encode_skips_rows_the_encoder_rejects(catalogue, tmp_path):
     assert "p0010" not in meta.column("product_id").to_pylist() and len(emb) == 117
 
 
+def test_a_shard_of_only_broken_images_is_counted_not_fatal(tmp_path):
+    broken_first = make_catalogue(30).map(
+        lambda row, i: {"image": {"bytes": b"junk" if i < 10 else png_bytes(i), "path": None}},
+        with_indices=True,
+    )
+    report = encode_to_shards(
+        broken_first, fake_encode, tmp_path, batch_size=5, shard_size=10, progress=False
+    )
+    assert report.skipped == 10 and report.encoded == 20 and report.shards == 3
+    emb, meta = load_shards(tmp_path)
+    assert emb.shape == (20, DIM) and meta.column("product_id").to_pylist()[0] == "p0010"
+
+
 def test_encode_that_always_fails_is_an_error_not_a_skip(catalogue, tmp_path):
     def broken(rows):
         raise RuntimeError("model not loaded")
