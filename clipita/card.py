@@ -534,7 +534,8 @@ INDEX_CARD = """---
 
 A searchable product catalogue for category-to-image retrieval: {{ count }} products embedded by
 `{{ model_name }}` ({{ dim }}-dimensional, L2-normalised), in a FAISS `{{ kind }}` index.
-{%- if synthetic %} The products are the project's synthetic demo catalogue, not a real shop's.{% endif %}
+{%- if dataset.name %} The products are {% if dataset.synthetic %}the {{ dataset.name }}{% else %}`{{ dataset.name }}`{% endif %}
+{%- if split %} (split `{{ split }}`){% endif %}{% if dataset.synthetic %}: demo data, not a real shop's{% endif %}.{% endif %}
 
 | file | holds |
 |---|---|
@@ -574,6 +575,8 @@ def render_index_card(
     model_info = manifest.get("model") or {}
     model_name = model_repo_id or model_info.get("name_or_path") or "an unrecorded model"
     recall = {k: v for k, v in (manifest.get("recall") or {}).items() if k.startswith("recall")}
+    source = manifest.get("dataset")  # clipita.index: {"source": ..., "split": ...}
+    dataset = describe_dataset(source.get("source") if isinstance(source, Mapping) else source)
     card = DatasetCard.from_template(
         DatasetCardData(
             license=LICENSE,
@@ -589,7 +592,8 @@ def render_index_card(
         dim=manifest.get("embedding_dim", "?"),
         kind=(manifest.get("index") or {}).get("kind", "?"),
         recall=", ".join(f"{k} = {fmt(v)}" for k, v in recall.items()) or "not recorded",
-        synthetic=describe_dataset(str(manifest.get("dataset") or "")).get("synthetic", False),
+        dataset=dataset,
+        split=source.get("split") if isinstance(source, Mapping) else None,
     )
     if find_secret(str(card)):
         raise RuntimeError("the rendered index card contains an access token; nothing was written")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -192,8 +193,14 @@ np.save("categories.npy", model.encode_categories({CATEGORIES!r}, processor=proc
 np.save("products.npy", model.encode_products(images, {titles!r}, {attributes!r}, processor=processor))
 print(type(model).__module__)
 """
+    # The card's own usage example must run too, on this folder and with these images.
+    usage = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.DOTALL)[0]
+    usage = usage.replace('"your-org/clip-ita"', repr(str(folder)))
+    usage = re.sub(r'Image\.open\("[^"]+"\)', "images[0]", usage)
+    code += usage + "\nprint('usage example:', scores.shape, ranking.shape)\n"
     done = run_clean_python(code, cwd=tmp_path)
     assert "transformers_modules" in done.stdout  # the folder's code ran, not the checkout's
+    assert "usage example: (2, 2) (2, 2)" in done.stdout
     assert np.allclose(np.load(tmp_path / "categories.npy"), expected_categories, atol=1e-5)
     assert np.allclose(np.load(tmp_path / "products.npy"), expected_products, atol=1e-5)
 
