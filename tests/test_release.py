@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from huggingface_hub import ModelCard
+from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard import metadata_load, metadata_save
 from PIL import Image
 
@@ -270,7 +270,13 @@ def test_release_cli_renders_checks_and_pushes_only_when_asked(folder, index_dir
     assert len(card.data.eval_results) == 3 * 3 * 9 - 9
     assert "| best (step 120) | overall | 12 | 41.00 |" in card.text  # training metrics found in the folder
     assert (folder / "ablation.png").is_file() and "| BM25 |" in card.text
-    assert check_index_folder(index_dir) == [] and (index_dir / "README.md").is_file()
+    assert check_index_folder(index_dir) == []
+    index_card = DatasetCard.load(index_dir / "README.md")
+    assert (
+        index_card.data.license == "apache-2.0"
+        and index_card.data.configs[0]["data_files"] == "metadata.parquet"
+    )
+    assert "6 products" in index_card.text and 'faiss.read_index(f"{path}/index.faiss")' in index_card.text
 
     assert release_cli.main(args + ["--push", "--repo_id", "org/clip-ita", "--skip_load_check"]) == 0
     assert [(name, kwargs["repo_id"]) for name, kwargs in hf_api.calls] == [
