@@ -162,6 +162,19 @@ def test_arguments_defaults_and_errors(capsys):
         parse_args(["--category_level", "leaf"])
 
 
+def test_a_tracker_that_is_not_installed_is_an_error(monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "trackio" else find_spec(name)
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--report_to", "trackio"])
+    assert "the trackio package is not installed" in capsys.readouterr().err
+    assert parse_args(["--report_to", "none"]).report_to == "none"
+
+
 def test_optimizer_groups_separate_towers_heads_and_decay():
     model, _ = tiny_model(freeze_vision_tower=True)
     args = parse_args(["--learning_rate", "1e-3", "--tower_learning_rate", "1e-5", "--weight_decay", "0.2"])

@@ -4,6 +4,7 @@ from-scratch model on the embedded catalogue in minutes on a laptop CPU."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import Sequence
 
 from clipita.training.collate import CATEGORY_LEVELS
@@ -178,6 +179,12 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--max_steps must be positive, got {args.max_steps}")
     if args.tower_learning_rate < 0:
         raise ValueError(f"--tower_learning_rate must be >= 0, got {args.tower_learning_rate}")
+    if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
+        # Accelerate would silently drop a tracker whose package is missing.
+        raise ValueError(
+            f"--report_to {args.report_to}: the {args.report_to} package is not installed "
+            f"(pip install {args.report_to}, or --report_to none)"
+        )
     if args.per_device_train_batch_size * args.gradient_accumulation_steps < 2:
         raise ValueError("a contrastive batch needs at least 2 pairs: raise --per_device_train_batch_size")
     return args

@@ -28,10 +28,12 @@ def plot_training_curve(
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
     if losses:
         steps, values = zip(*losses)
-        ax_loss.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss")
         window = max(1, len(values) // 50)
-        smooth = moving_average(values, window)
+        ax_loss.plot(
+            steps, values, color="tab:blue", alpha=0.3 if window > 1 else 1.0, linewidth=0.8, label="loss"
+        )
         if window > 1:
+            smooth = moving_average(values, window)
             ax_loss.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"mean of {window} steps")
     ax_loss.set(xlabel="step", ylabel="contrastive loss", title="training loss")
     ax_loss.legend(loc="upper right")

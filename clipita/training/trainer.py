@@ -118,7 +118,11 @@ def _usable_rows(rows, name: str):
 def _load_splits(args: argparse.Namespace, dataset) -> tuple[dict, str | None]:
     """The splits, and what the loader skipped (None when the caller passed the dataset)."""
     report = None
-    if dataset is None:
+    if dataset is not None:
+        args.dataset = (
+            None  # the record (training_args.json, card) must not name a catalogue that was not used
+        )
+    else:
         from clipita.data import load_from_args
 
         if getattr(args, "streaming", False):
