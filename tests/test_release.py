@@ -175,6 +175,17 @@ def test_env_token_is_found_but_never_printed(folder, monkeypatch):
     assert not any(secret in p for p in problems)
 
 
+def test_secret_scan_reads_big_files_in_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "SCAN_CHUNK", 1000)
+    filler = bytes(range(256)) * 4
+    (tmp_path / "embeddings.npy").write_bytes(
+        filler[:990] + f" {FAKE_TOKEN} ".encode() + filler
+    )  # across 1000
+    (tmp_path / "code.py").write_text("from huggingface_hub import hf_hub_download_with_a_long_name_abcdef\n")
+    problems = hub.scan_for_secrets(tmp_path)
+    assert problems == ["embeddings.npy contains a string shaped like a Hugging Face access token (hf_...)"]
+
+
 def test_folder_loads_offline_in_a_clean_process(built, tmp_path, monkeypatch):
     folder, model, processor = built
     images, titles, attributes = product_inputs()
