@@ -476,7 +476,7 @@ def render_model_card(
     base_model = config.get("base_clip_model")
 
     card_data = ModelCardData(
-        language="en",
+        language="en" if synthetic else None,  # the demo catalogue is English; a user's may not be
         license=LICENSE,
         library_name="transformers",
         pipeline_tag=PIPELINE_TAG,

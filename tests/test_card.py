@@ -129,6 +129,7 @@ def test_card_metadata_parses_with_huggingface_hub(release):
     assert set(TAGS) <= set(card.data.tags) and "clip-ita" in card.data.tags
     assert card.data.base_model is None  # from scratch: no base CLIP to credit
     assert card.data.datasets is None  # the synthetic catalogue is not a Hub dataset
+    assert card.data.language == "en"  # the synthetic catalogue's language
     assert card.data.model_name == "clip-ita"
 
 
@@ -194,6 +195,7 @@ def test_card_credits_base_model_and_hub_dataset(release, tmp_path):
     )
     assert ModelCard.load(tmp_path / "README.md").data.base_model == "openai/clip-vit-base-patch32"
     assert card.data.datasets == ["someorg/xmarket-us"]
+    assert card.data.language is None  # unknown for a user's catalogue
     assert {r.dataset_type for r in card.data.eval_results} == {"someorg/xmarket-us"}
     assert "synthetic" not in card.text.lower()
     assert "openai/clip-vit-base-patch32" in card.text
