@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,15 +64,20 @@ def describe_machine(device: torch.device) -> str:
     return "\n".join(lines)
 
 
+def command_line() -> str:
+    """How this run was started, to print beside its figures."""
+    return "$ python " + " ".join(sys.argv)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(
+def interleaved_times(
     runs: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
-) -> dict[str, float]:
-    """Median seconds of each callable, timed in turns (A B A B ...) so that drift in the machine's
+) -> dict[str, list[float]]:
+    """Seconds of each callable per round, timed in turns (A B A B ...) so that drift in the machine's
     speed (other load, clocks) falls on every contender alike rather than on whichever ran last."""
     for _ in range(warmup):
         for run in runs.values():
@@ -84,7 +90,16 @@ def interleaved_medians(
             run()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median seconds of each callable over `repeats` interleaved rounds."""
+    return {
+        name: statistics.median(t) for name, t in interleaved_times(runs, device, warmup, repeats).items()
+    }
 
 
 def _read_status_kib(field: str) -> int:

@@ -4,7 +4,8 @@ Both sides encode the same synthetic products in the same run: the image through
 the title and every attribute string through the text tower. CLIP-ITA adds its processor (RGB
 conversion, attribute padding), the attribute projection and pooling and the product head; the
 ratio (CLIP-ITA / plain) is that overhead. Processing (image resize, tokenisation) and the model
-forward are also timed apart, as on a CPU the processing can dominate. Last line: `ratio 0.97`.
+forward are also timed apart, as on a CPU the processing can dominate. All are timed in
+interleaved rounds; a ratio is the median of the rounds' ratios. Last line: `ratio 0.97`.
 
     python bench/encode_throughput.py --quick
     python bench/encode_throughput.py --config vit-b-32 --device cuda
@@ -13,6 +14,7 @@ forward are also timed apart, as on a CPU the processing can dominate. Last line
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._machine import DTYPES, describe_machine, interleaved_medians, resolve_device  # noqa: E402
+from bench._machine import DTYPES, command_line, describe_machine, interleaved_times, resolve_device  # noqa: E402
 from bench.common import (  # noqa: E402
     ATTRIBUTES_PER_PRODUCT,
     Products,
@@ -87,11 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num-categories", type=int, default=None, help="default: as many as products")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over all products first")
-    parser.add_argument("--repeats", type=int, default=None, help="timed passes (default: 3 quick, 5 full)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 3 quick, 7 full)")
     args = parser.parse_args(argv)
     args.num_products = args.num_products or (64 if args.quick else 512)
     args.num_categories = args.num_categories or args.num_products
-    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.repeats = args.repeats or (3 if args.quick else 7)
     if min(args.batch_size, args.num_products, args.num_categories, args.repeats) < 1 or args.warmup < 0:
         parser.error("batch size, counts and repeats must be positive, warmup non-negative")
     return args
@@ -140,7 +142,12 @@ def main(argv: list[str] | None = None) -> float:
         "plain_categories": lambda: plain.encode_categories(categories, args.batch_size),
     }
     with torch.no_grad():
-        seconds = interleaved_medians(runs, device, args.warmup, args.repeats)
+        times = interleaved_times(runs, device, args.warmup, args.repeats)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+
+    def round_ratios(key: str) -> list[float]:
+        """CLIP-ITA / plain speed in each round: both ran back to back, under the same load."""
+        return [p / c for p, c in zip(times[f"plain_{key}"], times[f"clipita_{key}"])]
 
     title_tokens = torch.cat([i["title_attention_mask"].sum(1) for i in clipita_inputs]).float().mean()
     attribute_tokens = (
@@ -151,13 +158,14 @@ def main(argv: list[str] | None = None) -> float:
         f"{args.num_products} products ({ATTRIBUTES_PER_PRODUCT} attributes each), "
         f"{args.num_categories} categories, warmup {args.warmup}, median of {args.repeats}"
     )
+    print(command_line())
     print(describe_machine(device))
     print(
         f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M CLIP-ITA, "
         f"{sum(p.numel() for p in model.clip.parameters()) / 1e6:.1f} M in the CLIP towers; "
         f"tokens per title {title_tokens:.1f}, per attribute {attribute_tokens:.1f}"
     )
-    print(f"{'':28}{'CLIP-ITA':>12}{'plain CLIP':>12}{'ratio':>8}")
+    print(f"{'':28}{'CLIP-ITA':>12}{'plain CLIP':>12}{'ratio':>8}   (ratio: median over rounds, range)")
     for label, key, count in (
         ("products/s end-to-end", "e2e", args.num_products),
         ("products/s processing only", "processing", args.num_products),
@@ -165,11 +173,15 @@ def main(argv: list[str] | None = None) -> float:
         ("categories/s end-to-end", "categories", args.num_categories),
     ):
         ours, theirs = count / seconds[f"clipita_{key}"], count / seconds[f"plain_{key}"]
-        print(f"{label:28}{ours:12.1f}{theirs:12.1f}{ours / theirs:8.2f}")
+        ratios = round_ratios(key)
+        print(
+            f"{label:28}{ours:12.1f}{theirs:12.1f}{statistics.median(ratios):8.2f}"
+            f"   ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
     for side in ("clipita", "plain"):
         share = seconds[f"{side}_processing"] / (seconds[f"{side}_processing"] + seconds[f"{side}_forward"])
         print(f"processing share of processing + forward, {side}: {share:.0%}")
-    ratio = seconds["plain_e2e"] / seconds["clipita_e2e"]
+    ratio = statistics.median(round_ratios("e2e"))
     print(f"ratio {ratio:.2f}")
     return ratio
 

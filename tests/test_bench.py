@@ -39,17 +39,16 @@ def figures(lines: list[str], label: str) -> list[float]:
     """The numbers on the first line that starts with `label`."""
     line = next((line for line in lines if line.startswith(label)), None)
     assert line is not None, f"no line starting with {label!r} in:\n" + "\n".join(lines)
-    return [float(x) for x in re.findall(r"\d+\.\d+|\d+", line[len(label) :])]
+    return [float(x) for x in re.findall(r"\d+\.\d+", line[len(label) :])]
 
 
 def test_encode_throughput_quick():
     lines = run_bench("encode_throughput.py", "--num-products", "4", "--batch-size", "2", "--repeats", "1")
     for label in ("products/s end-to-end", "products/s processing only", "products/s forward only"):
-        ours, theirs, ratio = figures(lines, label)
-        assert ours > 0 and theirs > 0 and ratio == pytest.approx(ours / theirs, abs=0.01)
-    assert len(figures(lines, "categories/s end-to-end")) == 3
-    ratio = float(lines[-1].split()[1])
-    assert ratio == pytest.approx(figures(lines, "products/s end-to-end")[2], abs=0.011)
+        ours, theirs, ratio, low, high = figures(lines, label)
+        assert ours > 0 and theirs > 0 and low <= ratio <= high
+    assert len(figures(lines, "categories/s end-to-end")) == 5
+    assert float(lines[-1].split()[1]) == figures(lines, "products/s end-to-end")[2]
 
 
 def test_train_throughput_quick_checkpointing_reaches_the_clip_towers():
