@@ -9,10 +9,14 @@ once at start-up; a query then costs one text encoding and one index search.
 from __future__ import annotations
 
 import argparse
+import atexit
+import html
+import inspect
 import io
 import logging
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -49,7 +53,7 @@ MAX_TREE_LEVELS = 9  # XMarket's deepest path
 MAX_IMAGE_PIXELS = 64_000_000  # refuse larger uploads before decoding them
 MAX_IMAGE_SIDE = 1024  # larger images are decoded (JPEG draft) and kept at this size: the model sees far less
 MAX_UPLOAD = "25mb"
-EMPTY_QUERY = "Type a category (any text works, e.g. 'Ceramic Mugs') or pick one in the category tree."
+EMPTY_QUERY = "Type a category (any text works, e.g. “Ceramic Mugs”) or pick one in the category tree."
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,21 +155,33 @@ class ProductImages:
         return str(target)
 
 
-def open_catalogue(spec: Any) -> datasets.Dataset | datasets.DatasetDict:
-    """A catalogue object, or a name / folder / Hub id that `clipita.data.load_catalogue` understands."""
-    if isinstance(spec, (datasets.Dataset, datasets.DatasetDict)):
-        return spec
+def open_catalogue(source: Any, recorded: dict | None = None) -> datasets.Dataset | datasets.DatasetDict:
+    """The catalogue whose images the gallery shows.
+
+    `source`: a catalogue object, or what `clipita.data.load_catalogue` reads ("demo", a folder, a file, a
+    Hub dataset id). `recorded`: the index manifest's `dataset` entry; its split and loader options
+    (preset, column names, ...) are reused, so product ids come out as they did when the index was built.
+    """
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return source
     from clipita.data import load_catalogue
 
-    return load_catalogue(spec)
+    accepted = inspect.signature(load_catalogue).parameters.keys() - {"source", "streaming", "return_report"}
+    options = {key: value for key, value in (recorded or {}).items() if key in accepted}
+    return load_catalogue(str(source), **options)
 
 
-def catalogue_spec(index: CatalogueIndex) -> str | None:
-    """The catalogue an index was built from, as its manifest records it."""
-    dataset = index.manifest.get("dataset")
-    if isinstance(dataset, dict):
-        return dataset.get("name_or_path") or dataset.get("name") or dataset.get("path")
-    return dataset
+def recorded_catalogue(index: CatalogueIndex) -> dict:
+    """The manifest's record of the catalogue an index was built from ({"source", "split", ...})."""
+    dataset = index.manifest.get("dataset") or {}
+    return {"source": dataset} if isinstance(dataset, str) else dict(dataset)
+
+
+def recorded_model(index: CatalogueIndex, index_spec: str) -> str:
+    model = (index.manifest.get("model") or {}).get("name_or_path")
+    if not model:
+        raise ValueError(f"the index {index_spec} does not record the model that built it: pass --model")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -210,32 +226,41 @@ def resolve_index(spec: str | os.PathLike) -> Path:
 
 
 def load_variants(
-    models: Sequence[str],
+    models: Sequence[str | None],
     indexes: Sequence[str],
     catalogue: Any = None,
     names: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> list[Variant]:
-    """Load every (model, index) pair once; pairs built from one catalogue share its images."""
-    if not models or len(models) != len(indexes):
+    """Load every (model, index) pair once; pairs built from one catalogue share its images.
+
+    A model given as None is the one the index manifest records. `catalogue` overrides the catalogue the
+    manifests record (where the products' images come from).
+    """
+    if not indexes or len(models) != len(indexes):
         raise ValueError(f"give one index per model: got {len(models)} model(s) and {len(indexes)} index(es)")
-    cache = Path(cache_dir or tempfile.mkdtemp(prefix="clipita-space-"))
+    if cache_dir is None:
+        cache_dir = tempfile.mkdtemp(prefix="clipita-space-")
+        atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+    cache = Path(cache_dir)
     images_by_catalogue: dict[str, ProductImages] = {}
     variants = []
     for i, (model_spec, index_spec) in enumerate(zip(models, indexes)):
-        model, processor = load_model(str(model_spec))
         index = CatalogueIndex.load(resolve_index(index_spec))
+        model_spec = model_spec or recorded_model(index, index_spec)
+        model, processor = load_model(model_spec)
         index.check_dim(model.config.projection_dim, f"model {model_spec}")
-        spec = catalogue if catalogue is not None else catalogue_spec(index)
-        if spec is None:
+        recorded = recorded_catalogue(index)
+        source = catalogue if catalogue is not None else recorded.get("source")
+        if source is None:
             raise ValueError(
                 f"the index {index_spec} does not record the catalogue it was built from; pass --catalogue "
                 "(a catalogue name, folder or Hub dataset id) so the app can show the products' images"
             )
-        key = spec if isinstance(spec, str) else f"object-{id(spec)}"
+        key = repr((source, recorded.get("split"))) if isinstance(source, str) else f"object-{id(source)}"
         if key not in images_by_catalogue:
             images_by_catalogue[key] = ProductImages(
-                open_catalogue(spec), cache / f"images-{len(images_by_catalogue)}"
+                open_catalogue(source, recorded), cache / f"images-{len(images_by_catalogue)}"
             )
         images = images_by_catalogue[key]
         ids = index.metadata.column("product_id").to_pylist()
@@ -255,9 +280,9 @@ def load_variants(
         tree = CategoryTree(index.metadata.column("category").to_pylist())
         category_paths = [path_text(node) for node in tree.nodes()]
         category_embeds = model.encode_categories(category_paths, processor=processor)
-        name = names[i] if names else (model.config.variant or Path(str(model_spec)).name)
+        name = names[i] if names else (model.config.variant or Path(model_spec).name)
         variants.append(
-            Variant(name, str(model_spec), model, processor, index, images, category_paths, category_embeds)
+            Variant(name, model_spec, model, processor, index, images, category_paths, category_embeds)
         )
     taken = [v.name for v in variants]
     for v in variants:  # two models of the same variant: tell them apart by where they came from
@@ -271,19 +296,30 @@ def load_variants(
 # ----------------------------------------------------------------------------------------------------------
 
 
+class BadInput(gr.Error):
+    """A message for the user about what they sent (shown in the UI, raised to API clients as AppError);
+    not a server fault, so no traceback in the log. The UI renders messages as HTML: callers escape
+    whatever in them comes from the user."""
+
+    def __init__(self, message: str):
+        super().__init__(message, title="Cannot answer", print_exception=False)
+
+
 def _count(value: Any, low: int, high: int, what: str) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{what} must be a whole number from {low} to {high}, got {value!r}") from None
+        raise BadInput(
+            f"{what} must be a whole number from {low} to {high}, got {html.escape(repr(value))}"
+        ) from None
     if not math.isfinite(number) or number != int(number) or not low <= number <= high:
-        raise gr.Error(f"{what} must be a whole number from {low} to {high}, got {value!r}")
+        raise BadInput(f"{what} must be a whole number from {low} to {high}, got {html.escape(repr(value))}")
     return int(number)
 
 
 def caption(hit: Hit) -> str:
     attributes = ", ".join(hit.attributes)
-    lines = [f"{hit.title or hit.product_id}  ·  score {hit.score:.3f}", path_text(hit.category)]
+    lines = [f"{hit.score:.3f} · {hit.title or hit.product_id}", path_text(hit.category)]
     return "\n".join(lines + ([attributes] if attributes else []))
 
 
@@ -291,47 +327,47 @@ def search_category(variant: Variant, query: str | None, k: Any) -> tuple[list, 
     """Category text -> (gallery items, hits as dicts, latency line)."""
     text = " ".join(str(query or "").split())
     if not text.strip(" >"):
-        raise gr.Error(EMPTY_QUERY)
+        raise BadInput(EMPTY_QUERY)
     k = _count(k, 1, MAX_K, "k (the number of products)")
     start = time.perf_counter()
     try:
         hits = search(text, k, model=variant.model, index=variant.index, processor=variant.processor)[0]
     except ValueError as err:
-        raise gr.Error(f"cannot search for {text!r}: {err}") from err
+        raise BadInput(f"cannot search for {html.escape(repr(text))}: {html.escape(str(err))}") from err
     searched = time.perf_counter()
     gallery = [(variant.images.path(hit.product_id), caption(hit)) for hit in hits]
     done = time.perf_counter()
     latency = (
-        f"**{(done - start) * 1000:.0f} ms** · {len(hits)} products for “{text}” with {variant.name} "
+        f"**{(done - start) * 1000:.0f} ms** · {len(hits)} products with {variant.name} "
         f"(encode + search {(searched - start) * 1000:.0f} ms, images {(done - searched) * 1000:.0f} ms)"
     )
     return gallery, [hit.to_dict() for hit in hits], latency
 
 
 def read_upload(upload: Any) -> Image.Image:
-    """An uploaded file (gradio FileData dict or a path) -> a bounded RGB-able PIL image, or a clear gr.Error."""
+    """An uploaded file (gradio FileData dict or a path) -> a bounded RGB-able PIL image, or a clear BadInput."""
     if isinstance(upload, dict):
         path, name = upload.get("path"), upload.get("orig_name") or "the upload"
     else:
         path, name = upload, "the upload"
     if not path:
-        raise gr.Error("Upload a product image (JPEG, PNG or WebP) to classify.")
-    name = Path(str(name)).name
+        raise BadInput("Upload a product image (JPEG, PNG or WebP) to classify.")
+    name = html.escape(Path(str(name)).name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except Image.DecompressionBombError:
-        raise gr.Error(
+        raise BadInput(
             f"{name} is far too large an image; the limit is {MAX_IMAGE_PIXELS // 10**6} megapixels."
         ) from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise gr.Error(
+        raise BadInput(
             f"{name} is not an image this app can read: upload a JPEG, PNG or WebP product photo."
         ) from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise gr.Error(
+        raise BadInput(
             f"{name} is {width}×{height} pixels ({width * height / 1e6:.0f} megapixels); the limit is "
             f"{MAX_IMAGE_PIXELS // 10**6} megapixels: downscale it first."
         )
@@ -340,7 +376,7 @@ def read_upload(upload: Any) -> Image.Image:
         image.load()
         image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
     except (OSError, SyntaxError, ValueError) as err:
-        raise gr.Error(f"{name} is a damaged image ({err}): upload another file.") from None
+        raise BadInput(f"{name} is a damaged image ({html.escape(str(err))}): upload another file.") from None
     return image
 
 
@@ -406,7 +442,11 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
         -> its most likely categories with probabilities; the answer's latency."""
         return classify_image(pick(variant), image, title, attributes, top)
 
-    with gr.Blocks(title="CLIP-ITA category-to-image search", analytics_enabled=False) as demo:
+    with gr.Blocks(
+        title="CLIP-ITA category-to-image search",
+        analytics_enabled=False,
+        delete_cache=(3600, 3600),  # a long-running Space keeps gallery copies and uploads an hour at most
+    ) as demo:
         gr.Markdown(INTRO)
         variant = gr.Radio(
             [v.name for v in variants],
@@ -454,8 +494,11 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     image = gr.Image(label="Product image", type="filepath", sources=["upload", "clipboard"])
-                    title = gr.Textbox(label="Title (optional)", placeholder="e.g. Red stoneware mug, 12 oz")
+                    title = gr.Textbox(
+                        "", label="Title (optional)", placeholder="e.g. Red stoneware mug, 12 oz"
+                    )
                     attributes = gr.Textbox(
+                        "",
                         label="Attributes (optional)",
                         placeholder="colour: red, material: ceramic (comma- or line-separated)",
                         lines=2,
@@ -502,20 +545,22 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
 
 
 def build_app(
-    model_dir: str | Sequence[str] = DEFAULT_MODEL,
-    index_dir: str | Sequence[str] = DEFAULT_INDEX,
+    model_dir: str | os.PathLike | None | Sequence[str | os.PathLike | None] = DEFAULT_MODEL,
+    index_dir: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_INDEX,
     catalogue: Any = None,
     names: Sequence[str] | None = None,
 ) -> gr.Blocks:
     """Load the model(s) and index(es) once and return the Space's Blocks (not launched).
 
-    `model_dir` / `index_dir`: one path or Hub id each, or equally long lists (one variant per pair).
-    `catalogue`: where the products' images come from (a catalogue object, name, folder or Hub id);
-    by default the catalogue recorded in the index manifest.
+    `model_dir` / `index_dir`: one folder or Hub id each, or equally long lists (one variant per pair);
+    a model None is the one its index records. `catalogue`: where the products' images come from (a
+    catalogue object, name, folder or Hub id); by default the catalogue the index manifest records.
     """
-    models = [model_dir] if isinstance(model_dir, (str, os.PathLike)) else list(model_dir)
+    single = model_dir is None or isinstance(model_dir, (str, os.PathLike))
+    models = [model_dir] if single else list(model_dir)
     indexes = [index_dir] if isinstance(index_dir, (str, os.PathLike)) else list(index_dir)
-    return build_blocks(load_variants([str(m) for m in models], [str(i) for i in indexes], catalogue, names))
+    models = [None if m is None else str(m) for m in models]
+    return build_blocks(load_variants(models, [str(i) for i in indexes], catalogue, names))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -537,7 +582,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         action="append",
-        help=f"model folder or Hub id; repeat for several variants (env {MODEL_ENV})",
+        help=f"model folder or Hub id; repeat for several variants (env {MODEL_ENV}; default: the model "
+        f"each --index records, or {DEFAULT_MODEL} with the default index)",
     )
     parser.add_argument(
         "--index", action="append", help=f"index folder or Hub dataset id, one per --model (env {INDEX_ENV})"
@@ -560,8 +606,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="time N category queries per variant, print, exit",
     )
     args = parser.parse_args(argv)
-    args.model = args.model or _from_env(MODEL_ENV) or [_default(DEFAULT_MODEL)]
-    args.index = args.index or _from_env(INDEX_ENV) or [_default(DEFAULT_INDEX)]
+    args.model = args.model or _from_env(MODEL_ENV)
+    args.index = args.index or _from_env(INDEX_ENV)
+    if not args.index:
+        args.index = [_default(DEFAULT_INDEX)]
+        args.model = args.model or [_default(DEFAULT_MODEL)]
+    args.model = args.model or [None] * len(args.index)  # the model each index records
     if len(args.model) != len(args.index):
         parser.error(
             f"give one index per model: got {len(args.model)} model(s) and {len(args.index)} index(es)"

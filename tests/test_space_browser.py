@@ -1,0 +1,61 @@
+"""The Space in a real browser: headless Debian Chromium, driven by Playwright, types a category, clicks
+Search and sees product images in the gallery; picking a tree node fills the query and searches.
+
+Needs /usr/bin/chromium: run scripts/install_browser.sh first (CI does). Without it this test fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.test_space import start_space
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="session")  # session: the server it shares with test_space.py stops at the end only
+def page(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: run scripts/install_browser.sh (installs Debian's chromium) first"
+        )
+    space = start_space(tmp_path_factory.getbasetemp() / "space")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(space.url)
+        yield page
+        browser.close()
+    space.stop()
+
+
+def test_typing_a_category_shows_product_images(page):
+    page.locator("#query textarea").fill("Red Things")
+    page.locator("#search-button").click()
+    images = page.locator("#results img")
+    expect(images.first).to_be_visible()
+    assert images.count() >= 1
+    assert all(src for src in images.evaluate_all("els => els.map(e => e.currentSrc)"))
+    expect(page.locator("#search-latency")).to_contain_text(" ms")
+
+
+def test_picking_a_tree_node_fills_the_query_and_searches(page):
+    page.locator("#tree-level-1 input").click()
+    page.get_by_role("option", name="Sports", exact=True).click()
+    expect(page.locator("#query textarea")).to_have_value("Sports")
+    expect(page.locator("#tree-level-2")).to_be_visible()
+    expect(page.locator("#search-latency")).to_contain_text("ms")
+    expect(page.locator("#results img").first).to_be_visible()
