@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._machine import DTYPES, describe_machine, human, interleaved_medians, resolve_device  # noqa: E402
+from bench._machine import DTYPES, command_line, describe_machine, human, interleaved_medians, resolve_device  # noqa: E402
 from bench.common import (  # noqa: E402
     ATTRIBUTES_PER_PRODUCT,
     CONFIGS,
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> float:
         f"{args.count_products} category names; FLOP/s of config {args.config}, {args.dtype}, batch {args.batch_size}, "
         f"{args.num_products} products, warmup {args.warmup}, median of {args.repeats}"
     )
+    print(command_line())
     print(describe_machine(device))
     print("FLOPs per product (forward; FlopCounterMode: matmul/conv/attention, 1 multiply-add = 2 FLOPs)")
     columns = ("image", "title", "attributes", "heads", "product", "category")
