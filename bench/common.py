@@ -122,8 +122,8 @@ def build_model(config: str, seed: int = 0) -> tuple[CLIPITAModel, CLIPITAProces
     hidden 128, 3 layers per tower, 64 px images). `vit-b-32`: `CLIPConfig()` defaults (the
     openai/clip-vit-base-patch32 architecture: ViT-B/32 at 224 px, 12-layer 512-wide text tower,
     vocabulary 49408) under `CLIPITAConfig(projection_dim=512)`. Its tokenizer is trained locally
-    (a few thousand ids, all inside the 49408-row embedding); only token counts depend on it, and
-    these English titles split into about as many tokens as with OpenAI's BPE.
+    (a few thousand ids, all inside the 49408-row embedding); only token counts depend on it (they
+    may differ somewhat from OpenAI's BPE, which cannot be downloaded here).
     """
     texts = tokenizer_texts(synthetic_products(400, seed=seed + 1))
     if config == "default":
