@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -629,7 +630,7 @@ def benchmark(variants: Sequence[Variant], queries: int) -> None:
 
     demo = build_blocks(variants)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    client = Client(demo.local_url, verbose=False)
+    client = Client(demo.local_url, verbose=False, download_files=False)  # time the answer, not downloads
     try:
         for variant in variants:
             texts = [variant.category_paths[i % len(variant.category_paths)] for i in range(queries + 1)]
@@ -658,12 +659,14 @@ def benchmark(variants: Sequence[Variant], queries: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     args = parse_args(argv)
     variants = load_variants(args.model, args.index, args.catalogue, args.name)
     if args.benchmark:
         benchmark(variants, args.benchmark)
         return
     demo = build_blocks(variants)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped Space still runs atexit (image cache)
     demo.queue().launch(server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD)
 
 

@@ -61,6 +61,7 @@ class RunningSpace:
     catalogue: object
     models: dict = field(default_factory=dict)  # variant -> (model, processor)
     indexes: dict = field(default_factory=dict)  # variant -> CatalogueIndex
+    index_dirs: dict = field(default_factory=dict)  # variant -> index folder
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -123,6 +124,7 @@ def start_space(root: Path) -> RunningSpace:
     space = RunningSpace(f"http://127.0.0.1:{port}/", process, log, catalogue)
     space.models = {v: built[v][2] for v in VARIANTS}
     space.indexes = {v: built[v][3] for v in VARIANTS}
+    space.index_dirs = {v: built[v][1] for v in VARIANTS}
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if process.poll() is not None:
@@ -341,6 +343,27 @@ def test_attribute_text_splits_on_commas_and_lines():
     assert app.split_attributes(None) == [] and app.split_attributes("  ") == []
 
 
+def test_index_alone_brings_its_model_and_catalogue(space, tmp_path):
+    (variant,) = app.load_variants([None], [str(space.index_dirs["clip-i"])], cache_dir=tmp_path)
+    assert variant.source == space.indexes["clip-i"].manifest["model"]["name_or_path"]
+    assert variant.model.config.variant == variant.name == "clip-i"
+    assert set(variant.category_paths) == category_nodes(space, "clip-i")
+    hit = variant.index.metadata.column("product_id")[0].as_py()
+    assert np.array_equal(
+        np.asarray(Image.open(variant.images.path(hit)).convert("RGB")), catalogue_image(space, hit)
+    )
+
+
+def test_space_card_front_matter_points_at_the_app():
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard.load(ROOT / "space" / "README.md").data
+    assert card.sdk == "gradio" and (APP_PATH.parent / card.app_file).is_file()
+    assert card.models and card.datasets and len(card.short_description) <= 60
+    requirements = (ROOT / "space" / "requirements.txt").read_text()
+    assert "gradio" in requirements and "faiss-cpu" in requirements
+
+
 def test_command_line_reads_env_and_flags(monkeypatch):
     monkeypatch.setenv("CLIPITA_MODEL", "a, b")
     monkeypatch.setenv("CLIPITA_INDEX", "ia,ib")
@@ -350,6 +373,7 @@ def test_command_line_reads_env_and_flags(monkeypatch):
     assert args.model == ["m"] and args.index == ["i"]
     monkeypatch.delenv("CLIPITA_MODEL")
     monkeypatch.delenv("CLIPITA_INDEX")
+    assert app.parse_args(["--index", "i1", "--index", "i2"]).model == [None, None]  # the indexes' models
     args = app.parse_args([])
     assert args.model[0].endswith(app.DEFAULT_MODEL) and args.index[0].endswith(app.DEFAULT_INDEX)
     with pytest.raises(SystemExit):
