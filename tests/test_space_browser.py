@@ -1,5 +1,6 @@
 """The Space in a real browser: headless Debian Chromium, driven by Playwright, types a category, clicks
-Search and sees product images in the gallery; picking a tree node fills the query and searches.
+Search and sees product images in the gallery; picking a tree node fills the query and searches; an
+empty query shows a message.
 
 Needs /usr/bin/chromium: run scripts/install_browser.sh first (CI does). Without it this test fails.
 """
@@ -59,3 +60,9 @@ def test_picking_a_tree_node_fills_the_query_and_searches(page):
     expect(page.locator("#tree-level-2")).to_be_visible()
     expect(page.locator("#search-latency")).to_contain_text("ms")
     expect(page.locator("#results img").first).to_be_visible()
+
+
+def test_an_empty_query_shows_a_message_not_a_crash(page):
+    page.locator("#query textarea").fill("   ")
+    page.locator("#search-button").click()
+    expect(page.get_by_text("Type a category", exact=False).first).to_be_visible()
