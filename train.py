@@ -2,6 +2,9 @@
 
     python train.py --output_dir outputs/clip-ita                      # small model from scratch, demo data
     accelerate launch train.py --base_model openai/clip-vit-base-patch32 --dataset DATASET ...
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ...   # 2 CPU processes
+
+(With Accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts one process unless MPI is set up.)
 
 `python train.py --help` lists every option; the library code is in clipita/training/.
 """

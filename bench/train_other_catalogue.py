@@ -7,7 +7,7 @@ attributes that mention the category only some of the time. Then trains with tra
 evaluation, with the machine.
 
     python bench/train_other_catalogue.py            # 8,000 products, 1,200+ leaves, the default run length
-    python bench/train_other_catalogue.py --quick    # 2,000 products, 300+ leaves, 150 steps
+    python bench/train_other_catalogue.py --quick    # 3,000 products, 1,000+ leaves, 200 steps
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def random_tree(rng: np.random.Generator, min_leaves: int) -> list[list[str]]:
         path = frontier.pop()
         for _ in range(int(rng.integers(2, 8))):
             child = [*path, made_up_name(rng, int(rng.integers(1, 3)))]
-            stop = len(child) >= 5 or (len(child) >= 2 and rng.random() < 0.35)
+            stop = len(child) >= 5 or (len(child) >= 2 and rng.random() < 0.45)
             (leaves if stop else frontier).append(child)
     if len(leaves) < min_leaves:
         return random_tree(rng, min_leaves)
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--work_dir", default="runs/other_catalogue")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--max_steps", type=int, default=None, help="default: train.py's run length (150 with --quick)"
+        "--max_steps", type=int, default=None, help="default: train.py's run length (200 with --quick)"
     )
     options = parser.parse_args()
     import torch
@@ -157,7 +157,7 @@ def main() -> None:
     from clipita.training import parse_args, train
 
     work = Path(options.work_dir)
-    num_products, min_leaves = (2000, 300) if options.quick else (8000, 1200)
+    num_products, min_leaves = (3000, 1000) if options.quick else (8000, 1200)
     started = time.perf_counter()
     shape = build_catalogue(work / "catalogue", num_products, min_leaves, 96, options.seed)
     built = time.perf_counter() - started
@@ -170,7 +170,7 @@ def main() -> None:
         str(work / "model"),
         "--overwrite_output_dir",
     ]
-    max_steps = options.max_steps or (150 if options.quick else None)
+    max_steps = options.max_steps or (200 if options.quick else None)
     if max_steps:
         flags += ["--max_steps", str(max_steps), "--eval_steps", str(max(1, max_steps // 3))]
     args = parse_args(flags)

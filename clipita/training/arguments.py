@@ -12,6 +12,7 @@ from configuration_clipita import ATTRIBUTE_POOLINGS, LOSSES, VARIANTS
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 TRACKERS = ("tensorboard", "trackio", "none")
+DEFAULT_MAX_STEPS = 800  # the default model learns the demo catalogue in a few minutes on 2 CPU cores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="micro-batches per step, combined by feature-cache accumulation so that negatives span them all",
     )
-    training.add_argument("--num_train_epochs", type=float, default=10)
+    training.add_argument(
+        "--num_train_epochs",
+        type=float,
+        default=None,
+        help=f"default: {DEFAULT_MAX_STEPS} steps, whatever the size",
+    )
     training.add_argument("--max_steps", type=int, default=None, help="overrides --num_train_epochs")
     training.add_argument(
         "--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate config"
@@ -167,7 +173,6 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         "per_device_eval_batch_size": args.per_device_eval_batch_size,
         "learning_rate": args.learning_rate,
         "temperature": args.temperature,
-        "num_train_epochs": args.num_train_epochs,
     }
     for name, value in positive.items():
         if value is None or value <= 0:
@@ -177,6 +182,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValueError(f"--max_steps must be positive, got {args.max_steps}")
+    if args.num_train_epochs is not None and args.num_train_epochs <= 0:
+        raise ValueError(f"--num_train_epochs must be positive, got {args.num_train_epochs}")
+    if args.max_steps is None and args.num_train_epochs is None:
+        args.max_steps = DEFAULT_MAX_STEPS
     if args.tower_learning_rate < 0:
         raise ValueError(f"--tower_learning_rate must be >= 0, got {args.tower_learning_rate}")
     if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:

@@ -83,18 +83,25 @@ def _tracker_config(args: argparse.Namespace) -> dict:
 def _prepare_output_dir(
     accelerator: Accelerator, args: argparse.Namespace, checkpoints_dir: Path
 ) -> Path | None:
-    """Clean interrupted saves, decide where to resume from, refuse to mix with an earlier run."""
+    """Clean interrupted saves, decide where to resume from, refuse to mix with an earlier run.
+
+    Every process decides (and fails) alike, so that no process waits for one that raised.
+    """
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, checkpoints_dir)
+    leftovers = resume is None and bool(
+        ckpt.complete_checkpoints(checkpoints_dir) or ckpt.best_steps(checkpoints_dir)
+    )
+    if leftovers and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise FileExistsError(
+            f"{checkpoints_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest "
+            "to continue it, or --overwrite_output_dir to start over"
+        )
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        ckpt.remove_partial(checkpoints_dir)
-        if resume is None and checkpoints_dir.is_dir() and any(checkpoints_dir.iterdir()):
-            if not args.overwrite_output_dir:
-                raise FileExistsError(
-                    f"{checkpoints_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest "
-                    "to continue it, or --overwrite_output_dir to start over"
-                )
+        if leftovers:  # --overwrite_output_dir, or "latest" before any complete checkpoint: start afresh
             shutil.rmtree(checkpoints_dir)
+        ckpt.remove_partial(checkpoints_dir)
     accelerator.wait_for_everyone()
     return resume
 
