@@ -112,7 +112,9 @@ def run_one(method: str, n: int, dim: int, num_queries: int, single: int, gt_pat
         index_bytes = os.path.getsize(f.name)
     gt = np.load(gt_path)
     variants = {method: params}
-    if method == "ivfpq":  # the codes alone, and as CatalogueIndex searches: exact re-rank of 10 x k
+    if (
+        method == "ivfpq"
+    ):  # the codes alone, and as CatalogueIndex searches: exact re-rank of k x params['rerank']
         variants = {"ivfpq_codes": {**params, "rerank": 0}, "ivfpq": params}
     rows = []
     for name, p in variants.items():
@@ -148,8 +150,13 @@ def machine() -> str:
         pass
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = ", load average {:.1f} / {:.1f} / {:.1f} at start".format(*os.getloadavg())
+    import faiss
+
     omp = os.environ.get("OMP_WAIT_POLICY")
-    return f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} cores; {ram:.0f} GiB RAM{load}; OMP_WAIT_POLICY={omp}"
+    return (
+        f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} cores; {ram:.0f} GiB RAM{load}; "
+        f"faiss {faiss.__version__}, numpy {np.__version__}, python {platform.python_version()}; OMP_WAIT_POLICY={omp}"
+    )
 
 
 def table(rows: list[dict]) -> str:

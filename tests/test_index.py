@@ -250,7 +250,7 @@ def test_approximate_index_records_recall_and_still_returns_everything(kind, tmp
     assert index.kind == kind and not recall["exact"]
     assert 0.0 <= recall["recall_at_10"] <= 1.0 and recall["text_queries"] == 50
     assert recall["recall_at_10_products"] > (0.9 if kind == "hnsw" else 0.8)
-    if kind == "ivfpq":  # exact re-ranking of 10 x k candidates is what rescues the 4-byte codes
+    if kind == "ivfpq":  # exact re-ranking of k x 30 candidates is what rescues the 4-byte codes
         assert recall["recall_at_10"] > recall["recall_at_10_without_rerank"] + 0.2
     index.save(tmp_path)
     loaded = CatalogueIndex.load(tmp_path)
