@@ -5,6 +5,7 @@ not retrieval quality.
 """
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -347,3 +348,14 @@ def test_search_front_end_checks_queries_and_model_dimension(tmp_path):
             search(empty, model=FakeModel(DIM), index=index)
     with pytest.raises(ValueError, match=r"model fake-32 gives 32-d.*16-d embeddings built by fake-16"):
         search(["Mugs"], model=FakeModel(32), index=index)
+
+
+def test_bench_brute_force_baseline_is_exact():
+    spec = importlib.util.spec_from_file_location(
+        "index_bench", Path(__file__).parents[1] / "bench" / "index_bench.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x, q = bench.synthetic(3000, 32, seed=0), bench.synthetic(70, 32, seed=1)
+    assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(bench.numpy_topk(x, q, 10), exact_top(x, q, 10))
