@@ -67,7 +67,6 @@ def model_info(model, name_or_path: str) -> dict:
 
 def build(args: argparse.Namespace) -> None:
     out = Path(args.output)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # the folder is not a usable index until the new manifest
     model = load_model(args.model, args.device)
     info = model_info(model, args.model)
     dataset, load_report = load_from_args(args, args.split)
@@ -113,6 +112,7 @@ def build(args: argparse.Namespace) -> None:
             },
         },
     )
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # an older index here stops being one while files are replaced
     index.save(out)
     if not args.keep_shards:
         shutil.rmtree(out / "encode")
