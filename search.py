@@ -112,7 +112,8 @@ def build(args: argparse.Namespace) -> None:
             },
         },
     )
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # an older index here stops being one while files are replaced
+    # an older index in this folder stops being one while its files are replaced
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
     index.save(out)
     if not args.keep_shards:
         shutil.rmtree(out / "encode")
