@@ -537,7 +537,8 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
                     )
                     for j in range(level + 1, levels)
                 ]
-                return [*deeper, path_text(path)]
+                values = [*deeper, path_text(path)]
+                return values if deeper else values[0]  # one output (the leaf level) takes a bare value
 
             dropdown.input(
                 choose, dropdowns[: level + 1], [*dropdowns[level + 1 :], query], api_visibility="private"

@@ -1,5 +1,5 @@
 """The Space in a real browser: headless Debian Chromium, driven by Playwright, types a category, clicks
-Search and sees product images in the gallery; picking a tree node fills the query and searches; an
+Search and sees product images in the gallery; walking the category tree fills the query and searches; an
 empty query shows a message.
 
 Needs /usr/bin/chromium: run scripts/install_browser.sh first (CI does). Without it this test fails.
@@ -53,11 +53,12 @@ def test_typing_a_category_shows_product_images(page):
     expect(page.locator("#search-latency")).to_contain_text(" ms")
 
 
-def test_picking_a_tree_node_fills_the_query_and_searches(page):
-    page.locator("#tree-level-1 input").click()
-    page.get_by_role("option", name="Sports", exact=True).click()
-    expect(page.locator("#query textarea")).to_have_value("Sports")
-    expect(page.locator("#tree-level-2")).to_be_visible()
+def test_walking_the_tree_root_to_leaf_fills_the_query_and_searches(page):
+    path = ["Sports", "Sports Outdoor", "Blue Things"]
+    for level, name in enumerate(path, start=1):
+        page.locator(f"#tree-level-{level} input").click()
+        page.get_by_role("option", name=name, exact=True).click()
+        expect(page.locator("#query textarea")).to_have_value(" > ".join(path[:level]))
     expect(page.locator("#search-latency")).to_contain_text("ms")
     expect(page.locator("#results img").first).to_be_visible()
 
