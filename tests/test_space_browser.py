@@ -1,6 +1,6 @@
 """The Space in a real browser: headless Debian Chromium, driven by Playwright, types a category, clicks
-Search and sees product images in the gallery; walking the category tree fills the query and searches; an
-empty query shows a message.
+Search and sees product images in the gallery; walking the category tree fills the query and searches;
+the variant switch picks the model; an empty query shows a message.
 
 Needs /usr/bin/chromium: run scripts/install_browser.sh first (CI does). Without it this test fails.
 """
@@ -61,6 +61,16 @@ def test_walking_the_tree_root_to_leaf_fills_the_query_and_searches(page):
         expect(page.locator("#query textarea")).to_have_value(" > ".join(path[:level]))
     expect(page.locator("#search-latency")).to_contain_text("ms")
     expect(page.locator("#results img").first).to_be_visible()
+
+
+def test_the_variant_switch_picks_the_model(page):
+    page.locator("#variant").get_by_label("clip-i", exact=True).check()
+    page.locator("#query textarea").fill("Red Things")
+    page.locator("#search-button").click()
+    expect(page.locator("#search-latency")).to_contain_text("with clip-i (")
+    page.locator("#variant").get_by_label("clip-ita", exact=True).check()
+    page.locator("#search-button").click()
+    expect(page.locator("#search-latency")).to_contain_text("with clip-ita (")
 
 
 def test_an_empty_query_shows_a_message_not_a_crash(page):
