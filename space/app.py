@@ -223,7 +223,13 @@ def resolve_index(spec: str | os.PathLike) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=str(spec), repo_type="dataset"))
+    try:
+        return Path(snapshot_download(repo_id=str(spec), repo_type="dataset"))
+    except Exception as err:  # offline, no such repo, no access: say both readings of the name failed
+        raise FileNotFoundError(
+            f"{spec} is neither an index folder nor a Hub dataset repo this machine can download "
+            f"({type(err).__name__}: {err}); build one with `python search.py build ... --output {spec}`"
+        ) from err
 
 
 def load_variants(
@@ -658,18 +664,23 @@ def benchmark(variants: Sequence[Variant], queries: int) -> None:
         demo.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     args = parse_args(argv)
-    variants = load_variants(args.model, args.index, args.catalogue, args.name)
+    try:
+        variants = load_variants(args.model, args.index, args.catalogue, args.name)
+    except (ValueError, OSError) as err:  # missing or mismatched model / index / catalogue: say which
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.benchmark:
         benchmark(variants, args.benchmark)
-        return
+        return 0
     demo = build_blocks(variants)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped Space still runs atexit (image cache)
     demo.queue().launch(server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

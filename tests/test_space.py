@@ -378,3 +378,8 @@ def test_command_line_reads_env_and_flags(monkeypatch):
     assert args.model[0].endswith(app.DEFAULT_MODEL) and args.index[0].endswith(app.DEFAULT_INDEX)
     with pytest.raises(SystemExit):
         app.parse_args(["--model", "a", "--model", "b", "--index", "i"])
+
+
+def test_a_missing_index_is_an_error_message_not_a_traceback(tmp_path, capsys):
+    assert app.main(["--index", str(tmp_path / "no-index")]) == 2
+    assert "no-index is not an index folder" in capsys.readouterr().err
