@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from multiprocessing import get_context
@@ -134,7 +134,6 @@ MATERIALS: dict[str, Material] = {
     "plush": Material("plush", ("brown", "beige", "white", "pink", "grey"), ("plush", "polyester plush")),
     "foam": Material("foam", names=("TPE foam", "PVC foam", "NBR foam")),
 }
-PATTERNS = ("plain", "stripes", "dots", "checks")
 _PATTERN_WORDS = {
     "stripes": ("Striped", "Stripe"),
     "dots": ("Polka Dot", "Dotted"),
@@ -1093,21 +1092,14 @@ def generate_catalogue(
     shard_size: int = 2000,
     progress: bool = True,
 ) -> Path:
-    """Generate the catalogue into `output_dir` and return it; deterministic in all arguments but num_proc."""
+    """Generate the catalogue into `output_dir` and return it. The same arguments give the same rows,
+    whatever `num_proc` (each product is drawn from its own seed)."""
+    args = {k: v for k, v in locals().items() if k in generation_defaults()}  # what catalogue.json records
     if num_products < 1 or image_size < 16 or shard_size < 1:
         raise ValueError(
             f"need num_products >= 1, image_size >= 16, shard_size >= 1; got {num_products}, {image_size}, {shard_size}"
         )
     out = Path(output_dir)
-    args = dict(
-        num_products=num_products,
-        seed=seed,
-        image_size=image_size,
-        unseen_leaf_fraction=unseen_leaf_fraction,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        shard_size=shard_size,
-    )
     started = time.perf_counter()
     leaf_of, split_of, held = plan_catalogue(
         num_products, seed, unseen_leaf_fraction, val_fraction, test_fraction
@@ -1116,7 +1108,7 @@ def generate_catalogue(
     jobs = []
     for s, split in enumerate(SPLITS):
         (out / split).mkdir(parents=True, exist_ok=True)
-        for old in (out / split).glob("*.parquet"):
+        for old in (out / split).glob("*.parquet*"):  # earlier shards, and half-written ones
             old.unlink()
         idx = np.flatnonzero(split_of == s)
         n_shards = max(1, math.ceil(len(idx) / shard_size))
@@ -1126,8 +1118,8 @@ def generate_catalogue(
     bar = tqdm(total=num_products, desc="generating catalogue", unit="product", disable=not progress)
     if num_proc > 1:
         with ProcessPoolExecutor(num_proc, mp_context=get_context("spawn")) as pool:
-            for n in pool.map(_write_shard, jobs):
-                bar.update(n)
+            for done in as_completed([pool.submit(_write_shard, job) for job in jobs]):
+                bar.update(done.result())
     else:
         for job in jobs:
             bar.update(_write_shard(job))
@@ -1192,8 +1184,13 @@ def save_sample_grid(
         img = Image.open(io.BytesIO(table["image"][k]["bytes"].as_py())).resize((cell, cell), Image.NEAREST)
         x, y = (k % cols) * cell, (k // cols) * (cell + label_h)
         grid.paste(img, (x, y))
-        leaf = table["category"][k].as_py()[-1]
-        draw.text((x + 3, y + cell + 2), leaf, fill="black", font=font)
+        lines = [""]
+        for word in table["category"][k].as_py()[-1].split():  # wrap the leaf name to the cell width
+            if lines[-1] and draw.textlength(f"{lines[-1]} {word}", font=font) > cell - 6:
+                lines.append(word)
+            else:
+                lines[-1] = f"{lines[-1]} {word}".strip()
+        draw.multiline_text((x + 3, y + cell + 1), "\n".join(lines[:2]), fill="black", font=font, spacing=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return Path(path)

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
 from collections import Counter
@@ -435,7 +436,15 @@ def ensure_demo(path: Path | None = None) -> Path:
     path = path or demo_dir()
     if not catalogue_matches(path, **DEMO_ARGS):
         logger.warning("generating the embedded catalogue into %s (once; reused afterwards)", path)
-        generate_catalogue(path, **DEMO_ARGS, num_proc=min(2, os.cpu_count() or 1))
+        # built aside and moved in whole, so a run that starts meanwhile never reads half a catalogue
+        fresh = generate_catalogue(
+            path.with_name(f"{path.name}.tmp-{os.getpid()}"),
+            **DEMO_ARGS,
+            num_proc=min(2, os.cpu_count() or 1),
+        )
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(fresh, path)
     return path
 
 
