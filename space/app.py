@@ -143,8 +143,14 @@ class ProductImages:
             target.write_bytes(data)
             return str(target)
         except Exception as err:  # one broken product image never breaks an answer
-            logger.warning("no image for product %s: %s: %s", product_id, type(err).__name__, err)
             self.broken.append(product_id)
+            logger.warning(
+                "no image for product %s (%d products so far): %s: %s",
+                product_id,
+                len(self.broken),
+                type(err).__name__,
+                err,
+            )
             return self._placeholder()
 
     def _placeholder(self) -> str:
@@ -209,8 +215,9 @@ class Variant:
 
 
 def load_model(name_or_path: str) -> tuple[CLIPITAModel, CLIPITAProcessor]:
-    """A model folder or Hub id -> model in eval mode and its processor."""
-    model = CLIPITAModel.from_pretrained(name_or_path).eval()
+    """A model folder or Hub id -> model in eval mode (on the GPU if there is one) and its processor."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = CLIPITAModel.from_pretrained(name_or_path).to(device).eval()
     processor = CLIPITAProcessor.from_pretrained(name_or_path, trust_remote_code=True)
     model.processor = processor
     return model, processor

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_space import start_space
+from tests.test_space import app, start_space
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -24,6 +24,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 60_000
+DEFAULT_K = app.DEFAULT_K
 
 
 @pytest.fixture(scope="session")  # session: the server it shares with test_space.py stops at the end only
@@ -47,9 +48,11 @@ def test_typing_a_category_shows_product_images(page):
     page.locator("#query textarea").fill("Red Things")
     page.locator("#search-button").click()
     images = page.locator("#results img")
+    expect(images).to_have_count(DEFAULT_K)  # one thumbnail per hit at the default k
     expect(images.first).to_be_visible()
-    assert images.count() >= 1
-    assert all(src for src in images.evaluate_all("els => els.map(e => e.currentSrc)"))
+    page.wait_for_function(  # decoded pixels, not just an <img> tag
+        "() => { const img = document.querySelector('#results img'); return img.complete && img.naturalWidth > 0; }"
+    )
     expect(page.locator("#search-latency")).to_contain_text(" ms")
 
 
