@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--image_size", type=int, default=None, help="from-scratch model's input size (default 64)"
     )
-    model.add_argument("--hidden_size", type=int, default=128, help="from-scratch model: tower width")
+    model.add_argument("--hidden_size", type=int, default=64, help="from-scratch model: tower width")
     model.add_argument(
-        "--num_hidden_layers", type=int, default=3, help="from-scratch model: layers per tower"
+        "--num_hidden_layers", type=int, default=2, help="from-scratch model: layers per tower"
     )
     model.add_argument(
         "--vocab_size", type=int, default=4096, help="from-scratch model: tokenizer vocabulary"
