@@ -214,24 +214,25 @@ def test_base_model_run_with_frozen_vision_and_the_other_knobs(tmp_path):
     assert list((output_dir / "logs").rglob("events.out.tfevents.*"))
 
 
-def test_push_to_hub_uploads_the_model_folder_only(finished, monkeypatch):
+def test_push_to_hub_checks_then_uploads_the_model_folder_only(finished, monkeypatch):
     output_dir, _ = finished
-    calls = {}
+    calls = {"create": []}
 
     class FakeApi:
-        def create_repo(self, repo_id, private, exist_ok):
-            calls["create"] = (repo_id, private)
-            return type("Repo", (), {"repo_id": f"someone/{repo_id}"})()
+        def create_repo(self, repo_id, private, exist_ok, **kwargs):
+            calls["create"].append((repo_id, private))
+            return type("Repo", (), {"repo_id": repo_id if "/" in repo_id else f"someone/{repo_id}"})()
 
         def upload_folder(self, **kwargs):
             calls["upload"] = kwargs
             return "https://huggingface.co/someone/clip-ita/commit/1"
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    monkeypatch.setattr("clipita.hub.HfApi", FakeApi)
     args = parse_args(tiny_args(output_dir, "--push_to_hub", "--hub_private"))
-    assert export.push_to_hub(output_dir, args).endswith("/commit/1")
-    assert calls["create"] == ("clip-ita", True)
+    assert export.push_to_hub(output_dir, args).endswith("/commit/1")  # the release checks passed first
+    assert calls["create"][0] == ("clip-ita", True)
     assert (
         calls["upload"]["folder_path"] == str(output_dir) and calls["upload"]["repo_id"] == "someone/clip-ita"
     )
-    assert set(calls["upload"]["ignore_patterns"]) >= {"checkpoints/**", "logs/**"}
+    assert {"checkpoints/**", "logs/**"} <= set(calls["upload"]["ignore_patterns"])

@@ -18,7 +18,6 @@ logger = logging.getLogger(__name__)
 ARGS_FILE = "training_args.json"
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "training_curve.png"
-HUB_IGNORE = ["checkpoints/**", "logs/**"]
 
 
 def loss_summary(losses: list[list[float]]) -> dict:
@@ -101,22 +100,18 @@ def write_outputs(
 
 
 def push_to_hub(output_dir: Path, args: argparse.Namespace) -> str:
-    """Upload the model folder (not checkpoints or logs); the token comes from HF_TOKEN or `hf auth login`."""
+    """Check and upload the model folder with `clipita.hub.push_folder` (checkpoints and logs stay local);
+    the token comes from HF_TOKEN or `hf auth login`, never from the command line."""
     from huggingface_hub import HfApi
 
-    from clipita.hub import release_files, scan_for_secrets
+    from clipita.hub import push_folder
 
-    files = [f for f in release_files(output_dir) if not f.startswith(("checkpoints/", "logs/"))]
-    problems = scan_for_secrets(output_dir, files)
-    if problems:
-        raise RuntimeError("not uploading: " + "; ".join(problems))
-    repo_id = args.hub_model_id or output_dir.resolve().name
-    api = HfApi()
-    repo_id = api.create_repo(repo_id, private=args.hub_private, exist_ok=True).repo_id
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(output_dir),
-        ignore_patterns=HUB_IGNORE,
+    name = args.hub_model_id or output_dir.resolve().name
+    repo_id = HfApi().create_repo(name, private=args.hub_private, exist_ok=True).repo_id  # adds the namespace
+    urls = push_folder(
+        output_dir,
+        repo_id,
+        private=args.hub_private,
         commit_message=f"Train {args.variant} ({args.category_level} categories)",
     )
-    return str(getattr(commit, "commit_url", commit))
+    return urls["model"]
