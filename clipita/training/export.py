@@ -96,7 +96,13 @@ def write_outputs(
     )
     from clipita.card import render_model_card
 
-    render_model_card(output_dir, model_config=model.config, training_args=vars(args), metrics=metrics)
+    render_model_card(
+        output_dir,
+        model_config=model.config,
+        training_args=vars(args),
+        metrics=metrics,
+        repo_id=args.hub_model_id,
+    )
 
 
 def push_to_hub(output_dir: Path, args: argparse.Namespace) -> str:
