@@ -317,7 +317,11 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             attribute_attention_mask,
             attribute_mask,
         )
-        return F.normalize(self.product_head(torch.cat(list(embeds.values()), dim=-1)), dim=-1)
+        return self._fuse(embeds)
+
+    def _fuse(self, modality_embeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        """g_p([h_image; h_title; h_attributes]), L2-normalised."""
+        return F.normalize(self.product_head(torch.cat(list(modality_embeds.values()), dim=-1)), dim=-1)
 
     def forward(
         self,
@@ -348,7 +352,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             attribute_attention_mask,
             attribute_mask,
         )
-        product_embeds = F.normalize(self.product_head(torch.cat(list(modality.values()), dim=-1)), dim=-1)
+        product_embeds = self._fuse(modality)
         category_embeds = self.get_category_features(category_input_ids, category_attention_mask)
         logit_scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         logits_per_category = logit_scale * category_embeds @ product_embeds.t()

@@ -10,7 +10,7 @@ bash scripts/setup.sh
 OUT=${CLIPITA_OUTPUTS:-outputs}
 start=$(date +%s)
 python -m clipita.data --dataset demo   # generates the embedded catalogue on first use, prints its splits
-python train.py --output_dir "$OUT/clip-ita" "$@"
+python train.py --output_dir "$OUT/clip-ita" --overwrite_output_dir "$@"
 python eval.py --model "$OUT/clip-ita" --dataset demo --split test --baselines bm25 \
   --output "$OUT/results.json" --plot "$OUT/results.png"
 python search.py build --model "$OUT/clip-ita" --dataset demo --split test --output "$OUT/index"
