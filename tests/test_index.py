@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from clipita import index as index_module
+from clipita.catalogue import FEATURES as CANONICAL_FEATURES
 from clipita.index import (
     CatalogueIndex,
     choose_index_kind,
@@ -65,16 +66,7 @@ def make_catalogue(n: int = 120) -> datasets.Dataset:
         ],
         "category": [["Home", "Kitchen", "Mugs" if i % 2 else "Plates"] for i in range(n)],
     }
-    features = datasets.Features(
-        {
-            "product_id": datasets.Value("string"),
-            "image": datasets.Image(),
-            "title": datasets.Value("string"),
-            "attributes": datasets.List(datasets.Value("string")),
-            "category": datasets.List(datasets.Value("string")),
-        }
-    )
-    return datasets.Dataset.from_dict(rows, features=features)
+    return datasets.Dataset.from_dict(rows, features=CANONICAL_FEATURES)
 
 
 @pytest.fixture(scope="module")
