@@ -15,6 +15,10 @@ VARIANTS = {
 }
 ATTRIBUTE_POOLINGS = ("mean", "attention")
 LOSSES = ("infonce", "multi_positive")
+# The one temperature default: train.py's flags and the from-scratch model read these. CLIP's initial
+# temperature, learned; the paper keeps 1.0 fixed (contrastive_temperature=1.0, learnable_temperature=False).
+DEFAULT_TEMPERATURE = 0.07
+DEFAULT_LEARNABLE_TEMPERATURE = True
 
 
 class CLIPITAConfig(PretrainedConfig):
@@ -32,12 +36,13 @@ class CLIPITAConfig(PretrainedConfig):
             product's attributes: the paper's named future work).
         loss_type (`str`): `"infonce"` (paper: bidirectional InfoNCE with in-batch negatives) or
             `"multi_positive"` (products of the same category in a batch are positives, not negatives).
-        contrastive_temperature (`float`): initial softmax temperature (paper: 1.0).
-        learnable_temperature (`bool`): learn the temperature (as CLIP's logit scale) or keep it fixed.
+        contrastive_temperature (`float`): initial softmax temperature (default: CLIP's 0.07; paper: 1.0).
+        learnable_temperature (`bool`): learn the temperature (as CLIP's logit scale; default) or keep it
+            fixed (paper).
         loss_lambda (`float`): weight of the product->category direction (paper: 0.5).
-        freeze_vision_tower / freeze_text_tower (`bool`): keep CLIP's towers (and their projections)
-            fixed and learn only the attribute tower and heads (paper) or fine-tune them.
-        max_attributes (`int`): attributes kept per product; the processor truncates beyond this.
+        initializer_range (`float`): std of the attention pooler's query at initialisation.
+
+    Which towers are frozen is a training choice (train.py's `--freeze_*` flags), not part of the model.
     """
 
     model_type = "clipita"
@@ -53,12 +58,9 @@ class CLIPITAConfig(PretrainedConfig):
         head_dropout: float = 0.0,
         attribute_pooling: str = "mean",
         loss_type: str = "infonce",
-        contrastive_temperature: float = 1.0,
-        learnable_temperature: bool = False,
+        contrastive_temperature: float = DEFAULT_TEMPERATURE,
+        learnable_temperature: bool = DEFAULT_LEARNABLE_TEMPERATURE,
         loss_lambda: float = 0.5,
-        freeze_vision_tower: bool = False,
-        freeze_text_tower: bool = False,
-        max_attributes: int = 16,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -94,9 +96,6 @@ class CLIPITAConfig(PretrainedConfig):
         self.contrastive_temperature = contrastive_temperature
         self.learnable_temperature = learnable_temperature
         self.loss_lambda = loss_lambda
-        self.freeze_vision_tower = freeze_vision_tower
-        self.freeze_text_tower = freeze_text_tower
-        self.max_attributes = max_attributes
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 
@@ -115,4 +114,4 @@ class CLIPITAConfig(PretrainedConfig):
         return cls(product_modalities=VARIANTS[variant], **kwargs)
 
 
-__all__ = ["CLIPITAConfig", "VARIANTS"]
+__all__ = ["CLIPITAConfig", "DEFAULT_LEARNABLE_TEMPERATURE", "DEFAULT_TEMPERATURE", "VARIANTS"]

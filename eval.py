@@ -24,15 +24,99 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipita.data import add_loader_arguments, load_from_args
+from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings
+from clipita.cli import add_loader_arguments, load_from_args
 from clipita.evaluation import (
-    BASELINES,
-    SETTINGS,
+    clipita_embeddings,
+    evaluate_dense,
+    evaluate_rankings,
     format_table,
     plot_results,
-    run_evaluation,
-    runs_by_name,
 )
+from clipita.loading import load_model
+from clipita.results import BASELINES, runs_by_name
+from clipita.tree import LEVELS
+
+logger = logging.getLogger("eval")
+
+
+def run_evaluation(
+    catalogue,
+    split: str = "test",
+    model_paths: Sequence[str] = (),
+    baselines: Sequence[str] = tuple(BASELINES),
+    dataset_name: str | None = None,
+    zero_shot_from: str | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    **protocol,
+) -> dict:
+    """Evaluate checkpoints and baselines on one split of a catalogue (a `datasets.DatasetDict`; its train
+    split, when present, decides which categories are seen).
+
+    Returns the results.json object: the first model's run (or the first baseline's, without models) with the
+    issue's keys, and every other run, same shape, under "baselines". ``protocol`` goes to `evaluate_rankings`
+    (settings, max_queries_per_setting, seed). The zero-shot CLIP baseline uses the CLIP towers and
+    projections inside ``zero_shot_from`` (default: the first model), so it is zero-shot only when that
+    model kept CLIP frozen.
+    """
+    import datasets
+
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {tuple(BASELINES)}")
+    if split not in catalogue:
+        raise ValueError(f"the catalogue has no {split!r} split (splits: {list(catalogue)})")
+    if not model_paths and not baselines:
+        raise ValueError("nothing to evaluate: give model paths and/or baselines")
+    products = catalogue[split]
+    if isinstance(products, datasets.IterableDataset):
+        raise ValueError("evaluation ranks the whole split: load it as a map-style Dataset (no streaming)")
+    product_paths = list(products["category"])
+    train_paths = list(catalogue["train"]["category"]) if "train" in catalogue else None
+    if train_paths is None:
+        logger.warning(
+            "no train split: seen / unseen categories cannot be told apart and are reported as null"
+        )
+    meta = {"dataset": dataset_name, "split": split}
+
+    def run(name: str, model: str, results: dict, skipped: int, **extra) -> dict:
+        entry = {"name": name, "model": model, **meta, "num_products": len(products) - skipped}
+        return {**entry, "num_skipped": skipped, **extra, "settings": results}
+
+    runs = []
+    if "bm25" in baselines:
+        results = evaluate_rankings(
+            BM25Ranker(list(products["title"])), product_paths, train_paths, **protocol
+        )
+        runs.append(run(BASELINES["bm25"], "bm25", results, 0))
+    if "clip-zero-shot" in baselines:
+        source = zero_shot_from or (model_paths[0] if model_paths else None)
+        if source is None:
+            raise ValueError("the clip-zero-shot baseline needs a model path (zero_shot_from or model_paths)")
+        model, processor = load_model(source, device)
+        embeds, encode_queries = clip_zero_shot_embeddings(model, processor, products, batch_size)
+        results, skipped = evaluate_dense(
+            embeds, encode_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
+        )
+        runs.append(
+            run(BASELINES["clip-zero-shot"], "clip-zero-shot", results, skipped, zero_shot_from=source)
+        )
+        del model
+    names = [run["name"] for run in runs]
+    for path in model_paths:
+        model, processor = load_model(path, device)
+        embeds, encode_queries = clipita_embeddings(model, processor, products, batch_size)
+        results, skipped = evaluate_dense(
+            embeds, encode_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
+        )
+        name = Path(str(path).rstrip("/")).name or str(path)
+        name = name if name not in names else f"{name} ({len(names)})"
+        names.append(name)
+        runs.append(run(name, str(path), results, skipped, variant=model.config.variant))
+        del model
+    primary = len(runs) - len(model_paths) if model_paths else 0
+    return {**runs[primary], "baselines": [r for i, r in enumerate(runs) if i != primary]}
 
 
 def _names(value: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -55,14 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--baselines",
-        type=lambda v: _names(v, BASELINES, "baselines"),
+        type=lambda v: _names(v, tuple(BASELINES), "baselines"),
         default=list(BASELINES),
         help=f"comma-separated, from {', '.join(BASELINES)}; 'none' for no baseline (default: all)",
     )
     parser.add_argument(
         "--settings",
-        type=lambda v: _names(v, SETTINGS, "settings"),
-        default=list(SETTINGS),
+        type=lambda v: _names(v, tuple(LEVELS), "settings"),
+        default=list(LEVELS),
         help="comma-separated query settings (default: all,general,specific)",
     )
     parser.add_argument(
@@ -89,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "clip-zero-shot" in args.baselines and not (args.model or args.zero_shot_from):
         parser.error("the clip-zero-shot baseline needs --model or --zero_shot_from")
     catalogue, report = load_from_args(args)
-    logging.getLogger("eval").info("catalogue %s: %s", args.dataset, report)
+    logger.info("catalogue %s: %s", args.dataset, report)
     results = run_evaluation(
         catalogue,
         split=args.split,

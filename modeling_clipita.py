@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 try:  # as Hub remote code (a package) or from a checkout (top-level modules)
     from .configuration_clipita import CLIPITAConfig
@@ -32,12 +36,32 @@ MAX_LOGIT_SCALE = math.log(100.0)
 class CLIPITAOutput(ModelOutput):
     r"""What [`CLIPITAModel.forward`] returns.
 
-    loss: bidirectional contrastive loss (when `return_loss=True`).
-    logits_per_category: `[num_categories, num_products]` scaled cosine similarities.
-    logits_per_product: its transpose.
-    category_embeds / product_embeds: L2-normalised outputs of the category and product heads.
-    image_embeds / title_embeds / attribute_embeds: the per-modality inputs to the product head
-        (CLIP projections; pooled attribute tower output), for the modalities in use.
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss` is `True`):
+        Bidirectional contrastive loss between category j and product j of the batch.
+    logits_per_category (`torch.FloatTensor` of shape `(num_categories, num_products)`):
+        Scaled cosine similarities between `category_embeds` and `product_embeds`.
+    logits_per_product (`torch.FloatTensor` of shape `(num_products, num_categories)`):
+        The transpose of `logits_per_category`.
+    category_embeds (`torch.FloatTensor` of shape `(num_categories, projection_dim)`):
+        L2-normalised output of the category head.
+    product_embeds (`torch.FloatTensor` of shape `(num_products, projection_dim)`):
+        L2-normalised output of the product head.
+    image_embeds (`torch.FloatTensor` of shape `(num_products, clip_projection_dim)`, *optional*):
+        CLIP's projected image embedding, an input of the product head (when the model uses images).
+    title_embeds (`torch.FloatTensor` of shape `(num_products, clip_projection_dim)`, *optional*):
+        CLIP's projected title embedding, an input of the product head (when the model uses titles).
+    attribute_embeds (`torch.FloatTensor` of shape `(num_products, clip_projection_dim)`, *optional*):
+        The pooled attribute tower output, an input of the product head (when the model uses attributes).
+    vision_model_output (`BaseModelOutputWithPooling`, *optional*):
+        CLIP's vision tower on the images (`pooler_output` projected), with the hidden states and
+        attentions asked for.
+    title_model_output (`BaseModelOutputWithPooling`, *optional*):
+        CLIP's text tower on the titles (`pooler_output` projected).
+    attribute_model_output (`BaseModelOutputWithPooling`, *optional*):
+        CLIP's text tower on the products' attributes, flattened in (product, attribute) order and
+        without the padding attributes (`pooler_output` projected); None when no product has any.
+    category_model_output (`BaseModelOutputWithPooling`):
+        CLIP's text tower on the category names (`pooler_output` projected).
     """
 
     loss: torch.FloatTensor | None = None
@@ -48,6 +72,13 @@ class CLIPITAOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     title_embeds: torch.FloatTensor | None = None
     attribute_embeds: torch.FloatTensor | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    title_model_output: BaseModelOutputWithPooling | None = None
+    attribute_model_output: BaseModelOutputWithPooling | None = None
+    category_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
 def clipita_contrastive_loss(
@@ -122,6 +153,17 @@ class CLIPITAAttributePooler(nn.Module):
         return torch.where(has_attributes, pooled, self.empty_embedding.to(pooled.dtype).expand_as(pooled))
 
 
+def _restore_position_ids(model: nn.Module, incompatible_keys) -> None:
+    """CLIP's `position_ids` buffers are not saved; after `to_empty` (a model built on the meta device)
+    they hold garbage that `load_state_dict` does not overwrite, so recompute them from their shape."""
+    with torch.no_grad():
+        for module in model.modules():
+            if "position_ids" in getattr(module, "_non_persistent_buffers_set", ()):
+                ids = module.position_ids
+                if not ids.is_meta:
+                    ids.copy_(torch.arange(ids.shape[-1], device=ids.device).expand_as(ids))
+
+
 class CLIPITAPreTrainedModel(PreTrainedModel):
     config_class = CLIPITAConfig
     base_model_prefix = "clipita"
@@ -134,7 +176,11 @@ class CLIPITAPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
 
     def _init_weights(self, module):
-        """Heads and attribute tower; the wrapped CLIPModel initialises its own weights."""
+        """Heads and attribute tower; the wrapped CLIPModel initialises its own weights.
+
+        Every parameter created here is set here too, so that a model built on the meta device
+        (or loaded lazily) gets the same values as one built in place.
+        """
         super()._init_weights(module)
         if isinstance(module, CLIPITAAttributePooler):
             init.zeros_(module.empty_embedding)
@@ -150,6 +196,10 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
     image -> CLIP vision tower + visual projection; title -> CLIP text tower + text projection;
     each "key: value" attribute -> the same text tower + text projection + f_a, pooled per product;
     product = g_p([image; title; attributes]) for the configured modalities; category = g_c(text(name)).
+
+    Method names follow transformers' CLIPModel: `get_image_features` / `get_text_features` return CLIP's
+    output objects (projected, not normalised `pooler_output`); CLIP-ITA's own embeddings come from
+    `get_category_features` / `get_product_features`, L2-normalised like `forward`'s.
     """
 
     def __init__(self, config: CLIPITAConfig):
@@ -167,32 +217,16 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         )
         self.product_head = CLIPITAHead(clip_dim * len(config.product_modalities), *head)
         self.category_head = CLIPITAHead(clip_dim, *head)
-        self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / config.contrastive_temperature)),
-            requires_grad=config.learnable_temperature,
-        )
+        # Our temperature (CLIP's own logit_scale is unused). A fixed one is a buffer, not a frozen
+        # parameter: loading re-creates parameters as trainable, and would make it learnable again.
+        logit_scale = torch.tensor(math.log(1.0 / config.contrastive_temperature))
+        if config.learnable_temperature:
+            self.logit_scale = nn.Parameter(logit_scale)
+        else:
+            self.register_buffer("logit_scale", logit_scale)
         self.processor = None
         self.post_init()
-        self.apply_freezing()
-
-    def apply_freezing(self) -> None:
-        """Lock the CLIP towers named in the config (paper: pretrained encoders, new heads learned)."""
-        clip = self.clip
-        for module, frozen in (
-            (clip.vision_model, self.config.freeze_vision_tower),
-            (clip.visual_projection, self.config.freeze_vision_tower),
-            (clip.text_model, self.config.freeze_text_tower),
-            (clip.text_projection, self.config.freeze_text_tower),
-        ):
-            module.requires_grad_(not frozen)
-        clip.logit_scale.requires_grad_(False)  # CLIP's own scale is unused; ours is self.logit_scale
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """As PreTrainedModel's, then re-lock the configured towers (loading re-creates the parameters)."""
-        model = super().from_pretrained(*args, **kwargs)
-        model.apply_freezing()
-        return model
+        self.register_load_state_dict_post_hook(_restore_position_ids)
 
     @classmethod
     def from_clip(cls, pretrained_model_name_or_path, **config_overrides) -> CLIPITAModel:
@@ -211,33 +245,46 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         model.clip.load_state_dict(clip.state_dict())
         return model
 
-    # ----- CLIP pass-throughs (zero-shot baseline) -----
+    # ----- CLIP's own features, as transformers' CLIPModel returns them -----
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """CLIP's own image embedding (visual projection), L2-normalised."""
-        return F.normalize(self._clip_image(pixel_values), dim=-1)
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        r"""CLIP's vision tower; `pooler_output` (`(batch_size, clip_projection_dim)`) is the projected,
+        not normalised, image embedding, as in transformers' `CLIPModel.get_image_features`."""
+        return self.clip.get_image_features(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
 
+    @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """CLIP's own text embedding (text projection), L2-normalised."""
-        return F.normalize(self._clip_text(input_ids, attention_mask), dim=-1)
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        r"""CLIP's text tower; `pooler_output` (`(batch_size, clip_projection_dim)`) is the projected,
+        not normalised, text embedding, as in transformers' `CLIPModel.get_text_features`."""
+        return self.clip.get_text_features(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
 
-    def _clip_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
-
-    def _clip_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-
-    # ----- CLIP-ITA features -----
+    # ----- CLIP-ITA features: L2-normalised tensors in the shared space -----
 
     def get_category_features(
         self, category_input_ids: torch.Tensor, category_attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Category name -> text tower -> category head, L2-normalised `[N, projection_dim]`."""
-        return F.normalize(
-            self.category_head(self._clip_text(category_input_ids, category_attention_mask)), dim=-1
-        )
+        """Category name -> text tower -> category head, L2-normalised `(num_categories, projection_dim)`."""
+        text = self.get_text_features(category_input_ids, category_attention_mask, return_dict=True)
+        return self._category_head(text.pooler_output)
+
+    def _category_head(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.category_head(text_embeds), dim=-1)
 
     def encode_attributes(
         self,
@@ -250,6 +297,15 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         Only real attributes go through the text tower; `attribute_mask` `[B, A]` marks them
         (derived from the attention mask when absent).
         """
+        return self._encode_attributes(attribute_input_ids, attribute_attention_mask, attribute_mask)[0]
+
+    def _encode_attributes(
+        self,
+        attribute_input_ids: torch.Tensor,
+        attribute_attention_mask: torch.Tensor | None,
+        attribute_mask: torch.Tensor | None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None]:
         if attribute_input_ids.dim() != 3:
             raise ValueError(
                 f"attribute_input_ids must be [batch, attributes, tokens], got {tuple(attribute_input_ids.shape)}"
@@ -262,15 +318,19 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         attribute_mask = attribute_mask.bool()
         clip_dim = self.config.clip_config.projection_dim
         embeds = self.logit_scale.new_zeros(batch, num_attributes, clip_dim, dtype=self.dtype)
+        text = None
         if attribute_mask.any():
             flat_ids = attribute_input_ids[attribute_mask]
             flat_mask = attribute_attention_mask[attribute_mask]
             length = int(flat_mask.sum(dim=-1).max())  # drop padding columns no attribute uses
-            features = self.attribute_projection(self._clip_text(flat_ids[:, :length], flat_mask[:, :length]))
+            text = self.get_text_features(
+                flat_ids[:, :length], flat_mask[:, :length], return_dict=True, **kwargs
+            )
+            features = self.attribute_projection(text.pooler_output)
             embeds = embeds.masked_scatter(attribute_mask.unsqueeze(-1), features.to(embeds.dtype))
-        return self.attribute_pooler(embeds, attribute_mask)
+        return self.attribute_pooler(embeds, attribute_mask), text
 
-    def _product_modality_embeds(
+    def _product_towers(
         self,
         pixel_values: torch.Tensor | None,
         title_input_ids: torch.Tensor | None,
@@ -278,7 +338,9 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         attribute_input_ids: torch.Tensor | None,
         attribute_attention_mask: torch.Tensor | None,
         attribute_mask: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor]:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, BaseModelOutputWithPooling | None]]:
+        """Each configured modality's input to the product head, and the tower outputs behind them."""
         given = {"image": pixel_values, "title": title_input_ids, "attributes": attribute_input_ids}
         argument = {"image": "pixel_values", "title": "title_input_ids", "attributes": "attribute_input_ids"}
         missing = [m for m in self.config.product_modalities if given[m] is None]
@@ -288,16 +350,20 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
                 f"{self.config.product_modalities}, but the call lacks {', '.join(missing)} "
                 f"(argument {', '.join(argument[m] for m in missing)})"
             )
-        embeds = {}
+        embeds, towers = {}, {}
         if "image" in self.config.product_modalities:
-            embeds["image"] = self._clip_image(pixel_values)
+            towers["image"] = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+            embeds["image"] = towers["image"].pooler_output
         if "title" in self.config.product_modalities:
-            embeds["title"] = self._clip_text(title_input_ids, title_attention_mask)
-        if "attributes" in self.config.product_modalities:
-            embeds["attributes"] = self.encode_attributes(
-                attribute_input_ids, attribute_attention_mask, attribute_mask
+            towers["title"] = self.get_text_features(
+                title_input_ids, title_attention_mask, return_dict=True, **kwargs
             )
-        return embeds
+            embeds["title"] = towers["title"].pooler_output
+        if "attributes" in self.config.product_modalities:
+            embeds["attributes"], towers["attributes"] = self._encode_attributes(
+                attribute_input_ids, attribute_attention_mask, attribute_mask, **kwargs
+            )
+        return embeds, towers
 
     def get_product_features(
         self,
@@ -308,8 +374,9 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         attribute_attention_mask: torch.Tensor | None = None,
         attribute_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Product (image, title, attributes, as configured) -> product head, L2-normalised."""
-        embeds = self._product_modality_embeds(
+        """Product (image, title, attributes, as configured) -> product head, L2-normalised
+        `(num_products, projection_dim)`."""
+        embeds, _ = self._product_towers(
             pixel_values,
             title_input_ids,
             title_attention_mask,
@@ -323,6 +390,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         """g_p([h_image; h_title; h_attributes]), L2-normalised."""
         return F.normalize(self.product_head(torch.cat(list(modality_embeds.values()), dim=-1)), dim=-1)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -335,25 +403,32 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         category_attention_mask: torch.Tensor | None = None,
         category_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        **kwargs,
-    ) -> CLIPITAOutput:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | CLIPITAOutput:
         r"""Encode products and categories; with `return_loss`, pair product j with category j.
 
-        category_ids (`[B]`, optional): integer id of each pair's category; used by the
-            `multi_positive` loss so that same-category pairs are not negatives.
+        category_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*): integer id of each pair's
+            category; used by the `multi_positive` loss so that same-category pairs are not negatives.
+        return_loss (`bool`, *optional*): whether to return the contrastive loss.
+        kwargs: transformers' keyword arguments (`output_attentions`, `output_hidden_states`, ...), passed
+            on to every CLIP tower call; their results are in the `*_model_output` fields.
         """
         if category_input_ids is None:
             raise ValueError("forward needs category_input_ids (the encoded category names)")
-        modality = self._product_modality_embeds(
+        modality, towers = self._product_towers(
             pixel_values,
             title_input_ids,
             title_attention_mask,
             attribute_input_ids,
             attribute_attention_mask,
             attribute_mask,
+            **kwargs,
         )
         product_embeds = self._fuse(modality)
-        category_embeds = self.get_category_features(category_input_ids, category_attention_mask)
+        category_output = self.get_text_features(
+            category_input_ids, category_attention_mask, return_dict=True, **kwargs
+        )
+        category_embeds = self._category_head(category_output.pooler_output)
         logit_scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         logits_per_category = logit_scale * category_embeds @ product_embeds.t()
 
@@ -374,6 +449,10 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             image_embeds=modality.get("image"),
             title_embeds=modality.get("title"),
             attribute_embeds=modality.get("attributes"),
+            vision_model_output=towers.get("image"),
+            title_model_output=towers.get("title"),
+            attribute_model_output=towers.get("attributes"),
+            category_model_output=category_output,
         )
 
     def contrastive_loss(
@@ -417,7 +496,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         if show_progress_bar is None:
             show_progress_bar = num_items > 4 * batch_size
         if show_progress_bar:
-            from tqdm.auto import tqdm
+            from transformers.utils.logging import tqdm  # honours disable_progress_bar()
 
             starts = tqdm(starts, desc=desc, unit="batch")
         was_training = self.training

@@ -91,9 +91,13 @@ class CLIPITAProcessor(ProcessorMixin):
         return path[-1] if self.category_format == "leaf" else " > ".join(path)
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        max_length = min(self.tokenizer.model_max_length, 77)
+        # model_max_length is the text tower's positions (77 for CLIP), set when the tokenizer is built.
         encoded = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 

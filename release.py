@@ -27,8 +27,9 @@ from clipita.hub import (
     push_folder,
     release_files,
 )
+from clipita.results import ResultsError, select_result
 
-TRAINING_ARGS_FILES = ("training_args.json", "train_args.json")
+TRAINING_ARGS_FILES = ("training_args.json",)
 METRICS_FILE = "metrics.json"
 
 
@@ -42,48 +43,6 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise SystemExit(f"error: {what} {path} must hold a JSON object")
     return data
-
-
-def runs_of(results: dict) -> list[dict]:
-    """Every run in results.json: eval.py's top-level run and its "baselines", or a {name: run} object."""
-    if "settings" in results:
-        top = {k: v for k, v in results.items() if k != "baselines"}
-        return [top, *[r for r in results.get("baselines", []) if isinstance(r, dict)]]
-    return [
-        {"name": name, **run} for name, run in results.items() if isinstance(run, dict) and "settings" in run
-    ]
-
-
-def choose_result(results: dict, model_dir: Path, wanted: str | None) -> dict:
-    """This folder's run (by --eval_model, else by the evaluated path), with the other runs as "baselines"
-    so the card can compare; a results.json without a run of this folder is an error, not a guess."""
-    runs = runs_of(results)
-    if not runs:
-        raise SystemExit(
-            'error: the eval results hold no run with "settings": is it eval.py\'s results.json?'
-        )
-    if wanted is not None:
-        matches = [r for r in runs if wanted in (r.get("name"), r.get("model"))]
-    else:
-        matches = [
-            r
-            for r in runs
-            if r.get("model")
-            and (
-                Path(str(r["model"])).resolve() == model_dir.resolve()
-                or Path(str(r["model"])).name == model_dir.name
-            )
-        ]
-    if len(matches) != 1:
-        names = [r.get("name") or r.get("model") for r in runs]
-        how = (
-            f"--eval_model {wanted!r} matches {len(matches)} runs"
-            if wanted
-            else f"no single run of {model_dir}"
-        )
-        raise SystemExit(f"error: {how} in the eval results; its runs: {names}; choose one with --eval_model")
-    chosen = matches[0]
-    return {**chosen, "baselines": [r for r in runs if r is not chosen]}
 
 
 def training_record(model_dir: Path, path: str | None, names: Sequence[str], what: str) -> dict | None:
@@ -156,7 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     model_dir = Path(args.model)
     config = read_json(model_dir / "config.json", "model config")
-    result = choose_result(read_json(Path(args.eval_results), "eval results"), model_dir, args.eval_model)
+    results = read_json(Path(args.eval_results), "eval results")
+    try:  # this folder's run (by --eval_model, else by the evaluated path); the other runs as "baselines"
+        result = select_result(results, model_dir=model_dir, wanted=args.eval_model)
+    except ResultsError as error:
+        raise SystemExit(f"error: {error} (--eval_model NAME)") from None
     render_model_card(
         model_dir,
         model_config=config,

@@ -18,10 +18,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig
 
-from clipita.data import add_loader_arguments, load_from_args
+from clipita.cli import add_loader_arguments, load_from_args
+from clipita.encoding import product_encoder
 from clipita.index import (
     DEFAULT_EXACT_THRESHOLD,
     DEFAULT_SHARD_SIZE,
@@ -34,20 +34,9 @@ from clipita.index import (
     load_shards,
     search,
 )
+from clipita.loading import load_model
 
 MAX_TEXT_QUERIES = 1000  # category names encoded to measure an approximate index's recall on text
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(name_or_path: str, device: str | None = None):
-    """A CLIP-ITA checkpoint (local folder or Hub id) as remote code, in eval mode on `device`."""
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
-    return model.to(device or default_device()).eval()
 
 
 def model_info(model, name_or_path: str) -> dict:
@@ -67,22 +56,14 @@ def model_info(model, name_or_path: str) -> dict:
 
 def build(args: argparse.Namespace) -> None:
     out = Path(args.output)
-    model = load_model(args.model, args.device)
+    model, processor = load_model(args.model, args.device)
     info = model_info(model, args.model)
     dataset, load_report = load_from_args(args, args.split)
     print(f"catalogue {args.dataset} [{args.split}]: {load_report}")
 
-    def encode_batch(rows: list[dict]) -> np.ndarray:
-        return model.encode_products(
-            images=[r["image"] for r in rows],
-            titles=[r["title"] for r in rows],
-            attributes=[r["attributes"] for r in rows],
-            batch_size=len(rows),
-            show_progress_bar=False,
-        )
-
     fingerprint = {"model": info["name_or_path"], "config_sha256": info["config_sha256"]}
     fingerprint.update(dataset=args.dataset, split=args.split)
+    encode_batch = product_encoder(model, processor, batch_size=args.batch_size)
     report = encode_to_shards(
         dataset, encode_batch, out / "encode", args.batch_size, args.shard_size, fingerprint=fingerprint
     )
@@ -163,8 +144,8 @@ def query(args: argparse.Namespace) -> None:
     )  # fail on a dimension mismatch before loading
     if getattr(config, "projection_dim", None) is not None:
         index.check_dim(config.projection_dim, f"model {name}")
-    model = load_model(name, args.device)
-    results = search(args.queries, args.k, model=model, index=index, filters=args.filter)
+    model, processor = load_model(name, args.device)
+    results = search(args.queries, args.k, model=model, index=index, processor=processor, filters=args.filter)
     if args.json:
         rows = [
             {"query": q, "rank": rank, **hit.to_dict()}

@@ -10,9 +10,9 @@
 
 import os
 
-# OpenMP threads that spin while waiting collapse when another process shares the cores: on 2 cores with one
-# other busy process, a default training step took 2.9 s with spinning threads and 0.33 s with passive ones
-# (0.44 s on one thread). Set before torch loads; export OMP_WAIT_POLICY=ACTIVE to override.
+# OpenMP threads that spin while waiting take the cores from any other busy process (another training
+# process, the data loader) and slow every step down; passive waiting avoids that. Set before torch loads;
+# export OMP_WAIT_POLICY=ACTIVE to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from clipita.training import parse_args, train  # noqa: E402

@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the model files and clipita/ live at the repository root
-    sys.path.insert(0, str(ROOT))
-
-from clipita.bootstrap import build_default_model, image_processor_for, train_clip_tokenizer  # noqa: E402
-from configuration_clipita import CLIPITAConfig  # noqa: E402
-from modeling_clipita import CLIPITAModel  # noqa: E402
-from processing_clipita import CLIPITAProcessor  # noqa: E402
+from clipita.bootstrap import build_default_model, image_processor_for, train_clip_tokenizer
+from configuration_clipita import CLIPITAConfig
+from modeling_clipita import CLIPITAModel
+from processing_clipita import CLIPITAProcessor
 
 CONFIGS = ("default", "vit-b-32")
 IMAGE_PIXELS = 256  # raw product photos are resized by the processor, as real shop images are

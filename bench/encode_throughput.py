@@ -15,23 +15,32 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._machine import DTYPES, command_line, describe_machine, interleaved_times, resolve_device  # noqa: E402
-from bench.common import (  # noqa: E402
-    ATTRIBUTES_PER_PRODUCT,
-    Products,
-    add_common_arguments,
-    apply_threads,
-    build_model,
-    synthetic_category_names,
-    synthetic_products,
-)
+if __package__:  # imported: python -m bench.encode_throughput, or the tests
+    from bench._machine import DTYPES, command_line, describe_machine, interleaved_times, resolve_device
+    from bench.common import (
+        ATTRIBUTES_PER_PRODUCT,
+        Products,
+        add_common_arguments,
+        apply_threads,
+        build_model,
+        synthetic_category_names,
+        synthetic_products,
+    )
+else:  # run as a script, python bench/encode_throughput.py: its folder is on sys.path
+    from _machine import DTYPES, command_line, describe_machine, interleaved_times, resolve_device
+    from common import (
+        ATTRIBUTES_PER_PRODUCT,
+        Products,
+        add_common_arguments,
+        apply_threads,
+        build_model,
+        synthetic_category_names,
+        synthetic_products,
+    )
 
 
 class PlainCLIP:

@@ -13,15 +13,11 @@ import argparse
 import os
 import platform
 import resource
-import sys
 import time
 import tracemalloc
 import zlib
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipita.evaluation import DenseRanker, evaluate_rankings, metric_module  # noqa: E402
 

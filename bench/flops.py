@@ -15,23 +15,39 @@ with them in the same run. Last line: forward FLOP/s / matmul FLOP/s, `ratio 0.3
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._machine import DTYPES, command_line, describe_machine, human, interleaved_medians, resolve_device  # noqa: E402
-from bench.common import (  # noqa: E402
-    ATTRIBUTES_PER_PRODUCT,
-    CONFIGS,
-    add_common_arguments,
-    apply_threads,
-    build_model,
-    synthetic_category_names,
-    synthetic_products,
-)
+if __package__:  # imported: python -m bench.flops, or the tests
+    from bench._machine import (
+        DTYPES,
+        command_line,
+        describe_machine,
+        human,
+        interleaved_medians,
+        resolve_device,
+    )
+    from bench.common import (
+        ATTRIBUTES_PER_PRODUCT,
+        CONFIGS,
+        add_common_arguments,
+        apply_threads,
+        build_model,
+        synthetic_category_names,
+        synthetic_products,
+    )
+else:  # run as a script, python bench/flops.py: its folder is on sys.path
+    from _machine import DTYPES, command_line, describe_machine, human, interleaved_medians, resolve_device
+    from common import (
+        ATTRIBUTES_PER_PRODUCT,
+        CONFIGS,
+        add_common_arguments,
+        apply_threads,
+        build_model,
+        synthetic_category_names,
+        synthetic_products,
+    )
 
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -23,10 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: before torch loads
 
-from bench._machine import command_line, describe_machine  # noqa: E402
+if __package__:  # imported: python -m bench.train_other_catalogue, or the tests
+    from bench._machine import command_line, describe_machine
+else:  # run as a script, python bench/train_other_catalogue.py: its folder is on sys.path
+    from _machine import command_line, describe_machine
 
 SYLLABLES = ["ka", "lo", "mi", "ran", "tu", "vek", "zor", "bel", "dri", "fen", "gal", "hos", "ith", "jun", "qua",
              "sel", "tor", "ulm", "wen", "yar", "pex", "nol", "cri", "dax"]  # fmt: skip

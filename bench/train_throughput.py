@@ -20,21 +20,31 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._machine import (
-    DTYPES,
-    PeakMemory,
-    command_line,
-    describe_machine,
-    mib,
-    resolve_device,
-    synchronize,
-)  # noqa: E402
-from bench.common import add_common_arguments, apply_threads, build_model, synthetic_products  # noqa: E402
+if __package__:  # imported: python -m bench.train_throughput, or the tests
+    from bench._machine import (
+        DTYPES,
+        PeakMemory,
+        command_line,
+        describe_machine,
+        mib,
+        resolve_device,
+        synchronize,
+    )
+    from bench.common import add_common_arguments, apply_threads, build_model, synthetic_products
+else:  # run as a script, python bench/train_throughput.py: its folder is on sys.path
+    from _machine import (
+        DTYPES,
+        PeakMemory,
+        command_line,
+        describe_machine,
+        mib,
+        resolve_device,
+        synchronize,
+    )
+    from common import add_common_arguments, apply_threads, build_model, synthetic_products
 
 SIDES = {"clipita": "CLIP-ITA", "plain": "plain CLIP"}
 RESULT_PREFIX = "RESULT "

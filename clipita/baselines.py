@@ -1,7 +1,8 @@
 """Zero-shot baselines of the paper, as rankers for `clipita.evaluation.evaluate_rankings`.
 
 BM25 over product titles (the `bm25s` package) and zero-shot CLIP (category text vs product image through
-CLIP's own projections, no CLIP-ITA heads).
+CLIP's own projections, no CLIP-ITA heads). This module does not import `clipita.evaluation` and is not
+imported by it: eval.py puts the two together.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Callable, Sequence
 import bm25s
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from clipita.evaluation import embed_rows
+from clipita.encoding import embed_dataset
 
 
 class BM25Ranker:
@@ -48,11 +50,15 @@ class BM25Ranker:
         )
 
 
+def _unit(features) -> torch.Tensor:
+    """L2-normalised embeddings from `get_*_features`: transformers' output object (`pooler_output`, the
+    projected, unnormalised embedding) or a plain tensor."""
+    return F.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
+
+
 def _in_batches(items: Sequence, encode: Callable[[list], torch.Tensor], batch_size: int) -> np.ndarray:
     with torch.no_grad():
-        parts = [
-            encode(list(items[i : i + batch_size])).float().cpu() for i in range(0, len(items), batch_size)
-        ]
+        parts = [encode(list(items[i : i + batch_size])).cpu() for i in range(0, len(items), batch_size)]
     return torch.cat(parts).numpy()
 
 
@@ -62,19 +68,26 @@ def clip_zero_shot_embeddings(
     """Zero-shot CLIP: product images through CLIP's own image projection ([N, d], NaN rows: skipped
     products) and an encoder of category names through its text projection. No CLIP-ITA head is used."""
 
-    def encode_images(rows: dict) -> np.ndarray:
+    def encode_images(rows: list[dict]) -> np.ndarray:
         def batch(images: list) -> torch.Tensor:
             pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-            return model.get_image_features(pixels.to(model.device))
+            return _unit(model.get_image_features(pixel_values=pixels.to(model.device)))
 
-        return _in_batches(rows["image"], batch, batch_size)
+        return _in_batches([row["image"] for row in rows], batch, batch_size)
 
     def encode_queries(texts: list[str]) -> np.ndarray:
         def batch(chunk: list[str]) -> torch.Tensor:
             tokens = processor(categories=chunk, return_tensors="pt").to(model.device)
-            return model.get_text_features(tokens["category_input_ids"], tokens["category_attention_mask"])
+            return _unit(
+                model.get_text_features(
+                    input_ids=tokens["category_input_ids"], attention_mask=tokens["category_attention_mask"]
+                )
+            )
 
         return _in_batches(texts, batch, batch_size)
 
     model.eval()
-    return embed_rows(products, ["image"], encode_images, chunk_size=8 * batch_size), encode_queries
+    embeds, _ = embed_dataset(
+        products, encode_images, chunk_size=8 * batch_size, columns=["product_id", "image"]
+    )
+    return embeds, encode_queries

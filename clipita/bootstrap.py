@@ -11,19 +11,26 @@ from collections.abc import Iterable
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPTextConfig, CLIPTokenizer
 
 from configuration_clipita import VARIANTS, CLIPITAConfig
 from modeling_clipita import CLIPITAModel
 from processing_clipita import CLIPITAProcessor
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-MAX_TEXT_LENGTH = 77
 
 
-def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> CLIPTokenizer:
+def train_clip_tokenizer(
+    texts: Iterable[str], vocab_size: int = 4096, model_max_length: int | None = None
+) -> CLIPTokenizer:
     """Train byte-level BPE with CLIP's normaliser, pre-tokeniser and "</w>" word ends, returned as a
-    `CLIPTokenizer` so that the same processor serves it and the openai/clip-* tokenizers."""
+    `CLIPTokenizer` so that the same processor serves it and the openai/clip-* tokenizers.
+
+    `model_max_length` (the processor truncates to it) defaults to the text positions of a CLIP text
+    config, so that texts always fit the text tower.
+    """
+    if model_max_length is None:
+        model_max_length = CLIPTextConfig().max_position_embeddings
     template = CLIPTokenizer()._tokenizer  # CLIP's pipeline, empty vocabulary
     tokenizer = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=EOS))
     tokenizer.normalizer = template.normalizer
@@ -50,13 +57,13 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> CLIPTo
     merged = list(dict.fromkeys(a + b for a, b in merges))
     order = [BOS, EOS, *sorted(symbols - set(merged)), *merged]
     vocab = {token: i for i, token in enumerate(order)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TEXT_LENGTH)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
 def small_clip_config(
     tokenizer: CLIPTokenizer, image_size: int = 64, hidden_size: int = 128, layers: int = 3
 ) -> CLIPConfig:
-    """A CLIP small enough to train from scratch on 2 CPU cores in minutes."""
+    """A CLIP small enough to train from scratch on a CPU; its text positions match the tokenizer's."""
     heads = max(1, hidden_size // 32)
     text = dict(
         vocab_size=len(tokenizer),
@@ -64,7 +71,7 @@ def small_clip_config(
         intermediate_size=4 * hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        max_position_embeddings=MAX_TEXT_LENGTH,
+        max_position_embeddings=tokenizer.model_max_length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -103,8 +110,6 @@ def build_default_model(
     tokenizer = train_clip_tokenizer(texts, vocab_size=vocab_size)
     processor = CLIPITAProcessor(image_processor_for(image_size), tokenizer)
     config_overrides.setdefault("projection_dim", hidden_size)
-    config_overrides.setdefault("contrastive_temperature", 0.07)
-    config_overrides.setdefault("learnable_temperature", True)
     config = CLIPITAConfig(
         clip_config=small_clip_config(tokenizer, image_size, hidden_size, layers),
         product_modalities=VARIANTS[variant],
@@ -115,10 +120,10 @@ def build_default_model(
 
 
 def register_auto_classes() -> None:
-    """Make save_pretrained write auto_map and copy the model files, so folders load as remote code."""
+    """Make save_pretrained write auto_map and copy the model files, so folders load as remote code.
+
+    Call it before writing a folder; importing this module registers nothing.
+    """
     CLIPITAConfig.register_for_auto_class()
     CLIPITAModel.register_for_auto_class("AutoModel")
     CLIPITAProcessor.register_for_auto_class("AutoProcessor")
-
-
-register_auto_classes()

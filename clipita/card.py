@@ -18,7 +18,9 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from clipita.hub import find_secret, known_tokens
+from clipita.results import GROUPS, check_result, runs_by_name, select_result
+from clipita.secrets import find_secret, known_tokens, scrub
+from clipita.tree import LEVELS
 from configuration_clipita import VARIANTS
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_card.md"
@@ -26,8 +28,6 @@ LICENSE = "apache-2.0"
 PIPELINE_TAG = "zero-shot-image-classification"  # closest Hub task: text labels (categories) vs images
 TASK_NAME = "Category-to-image retrieval"
 TAGS = ["clip", "e-commerce", "retrieval", "category-to-image", "custom_code"]
-SETTINGS = ("all", "general", "specific")
-GROUPS = ("overall", "seen", "unseen")
 METRICS = ("P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10", "MRR", "nDCG@10")
 VARIANT_TITLES = {"clip-i": "CLIP-I", "clip-ia": "CLIP-IA", "clip-ita": "CLIP-ITA"}
 # Table 1 of the paper (XMarket, P@10 / mAP@10 in %), for the reader's reference only.
@@ -50,8 +50,6 @@ CITATION = """@inproceedings{hendriksen2022extending,
   archivePrefix = {arXiv},
   url           = {https://arxiv.org/abs/2112.11294}
 }"""
-SECRET_KEY = re.compile(r"(^|_)token$|secret|password|passwd|api_?key|credential", re.IGNORECASE)
-REDACTED = "<redacted>"
 SYNTHETIC_NAME = "CLIP-ITA synthetic demo catalogue"
 SYNTHETIC_ID = "clipita-synthetic-catalogue"
 TRAINING_CURVE = "training_curve.png"  # written by train.py next to the model files
@@ -60,61 +58,6 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # ----- inputs --------------------------------------------------------------------------------------------
-
-
-def scrub(value: Any, tokens: list[str]) -> Any:
-    """A copy of `value` with secret-named string fields and token-bearing strings replaced by <redacted>."""
-    if isinstance(value, Mapping):
-        return {
-            str(k): REDACTED if SECRET_KEY.search(str(k)) and isinstance(v, str) and v else scrub(v, tokens)
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [scrub(v, tokens) for v in value]
-    if isinstance(value, str) and find_secret(value, tokens):
-        return REDACTED
-    return value
-
-
-def select_result(eval_results: Mapping) -> dict:
-    """One model's results.json object; a dict of several models must be narrowed down by the caller."""
-    if "settings" in eval_results:
-        return dict(eval_results)
-    models = {k: v for k, v in eval_results.items() if isinstance(v, Mapping) and "settings" in v}
-    if len(models) == 1:
-        return dict(next(iter(models.values())))
-    if models:
-        raise ValueError(f"eval_results holds several models ({', '.join(models)}): pass one of them")
-    raise ValueError('eval_results has no "settings": expected the object eval.py writes to results.json')
-
-
-def check_eval_results(result: Mapping, where: str = "eval_results") -> None:
-    """Fail on the first value outside the results.json schema (the run and its baselines), naming where."""
-    settings = result.get("settings")
-    if not isinstance(settings, Mapping) or not settings:
-        raise ValueError(f'{where}["settings"] must be a non-empty object of settings')
-    for i, baseline in enumerate(result.get("baselines") or []):
-        if not isinstance(baseline, Mapping):
-            raise ValueError(f"{where}.baselines[{i}] must be an object (a run of results.json)")
-        check_eval_results(baseline, f"{where}.baselines[{i}]")
-    for setting, groups in settings.items():
-        if not isinstance(groups, Mapping):
-            raise ValueError(f"{where}.settings.{setting} must be an object, got {type(groups).__name__}")
-        for group in GROUPS:
-            scores = groups.get(group)
-            if scores is None:
-                continue
-            if not isinstance(scores, Mapping):
-                raise ValueError(f"{where}.settings.{setting}.{group} must be an object of metrics")
-            for metric, value in scores.items():
-                ok = value is None or (
-                    isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-                )
-                if not ok:
-                    raise ValueError(
-                        f"{where}.settings.{setting}.{group}.{metric}: expected a number in [0, 1] "
-                        f"or null, got {value!r}"
-                    )
 
 
 def describe_dataset(name: str | None) -> dict:
@@ -225,7 +168,7 @@ def scores_table(entries: Mapping[str, Mapping], label: str) -> str:
 
 def evaluation_table(result: Mapping) -> str:
     settings = result["settings"]
-    order = [s for s in SETTINGS if s in settings] + sorted(set(settings) - set(SETTINGS))
+    order = [s for s in LEVELS if s in settings] + sorted(set(settings) - set(LEVELS))
     return scores_table({s: settings[s] for s in order}, "setting")
 
 
@@ -233,7 +176,7 @@ def comparison_table(result: Mapping) -> str | None:
     """This run beside the other runs of the same evaluation (baselines, other variants), as eval.py prints it."""
     if not result.get("baselines"):
         return None
-    from clipita.evaluation import format_table, runs_by_name
+    from clipita.evaluation import format_table
 
     return format_table(runs_by_name(dict(result))).strip()
 
@@ -332,11 +275,6 @@ def count_parameters(model_dir: Path) -> int | None:
     return total
 
 
-CATEGORY_LEVELS = {
-    "all": "a random category on each product's path (all)",
-    "general": "each product's root category (general)",
-    "specific": "each product's leaf category (specific)",
-}
 # (label, where to find it: a training argument, or "metrics:" + a path in metrics.json)
 TRAINING_SUMMARY = (
     ("variant", "variant"),
@@ -369,14 +307,23 @@ def training_summary(training_args: Mapping, metrics: Mapping) -> str | None:
         if label == "started from" and not values[0]:
             continue
         if label == "trained against":
-            values = [CATEGORY_LEVELS.get(values[0], values[0])]
+            values = [LEVELS.get(values[0], values[0])]
         rows.append([label, " / ".join(fmt(v) for v in values)])
     return markdown_table(["", ""], rows) if rows else None
 
 
-def architecture_rows(config: Mapping, model_dir: Path) -> list[list[str]]:
+def architecture_rows(
+    config: Mapping, model_dir: Path, training_args: Mapping | None = None
+) -> list[list[str]]:
     clip = config.get("clip_config") or {}
     text, vision = clip.get("text_config") or {}, clip.get("vision_config") or {}
+
+    def frozen(flag: str) -> str:
+        """Freezing is training setup (train.py's --freeze_* flags), not part of the model config."""
+        if not training_args:
+            return "not recorded"
+        return fmt(bool(training_args.get(flag) or training_args.get("freeze_towers")))
+
     rows = [
         ["product", " + ".join(config.get("product_modalities") or [])],
         ["shared space (d)", fmt(config.get("projection_dim"))],
@@ -394,13 +341,13 @@ def architecture_rows(config: Mapping, model_dir: Path) -> list[list[str]]:
         [
             "CLIP text tower",
             f"layers {fmt(text.get('num_hidden_layers'))}, width {fmt(text.get('hidden_size'))}, "
-            f"vocabulary {fmt(text.get('vocab_size'))}, frozen: {fmt(bool(config.get('freeze_text_tower')))}",
+            f"vocabulary {fmt(text.get('vocab_size'))}, frozen: {frozen('freeze_text')}",
         ],
         [
             "CLIP vision tower",
             f"layers {fmt(vision.get('num_hidden_layers'))}, width {fmt(vision.get('hidden_size'))}, "
             f"images {fmt(vision.get('image_size'))} px, patch {fmt(vision.get('patch_size'))}, "
-            f"frozen: {fmt(bool(config.get('freeze_vision_tower')))}",
+            f"frozen: {frozen('freeze_vision')}",
         ],
     ]
     parameters = count_parameters(model_dir)
@@ -460,13 +407,16 @@ def render_model_card(
     metrics = scrub(dict(metrics or {}), tokens)
     result = None
     if eval_results is not None:
-        result = scrub(select_result(eval_results), tokens)
-        check_eval_results(result)
+        raw = scrub(dict(eval_results), tokens)
+        if "settings" in raw:
+            check_result(raw)  # before selecting: selection drops baselines that are not objects
+        result = select_result(raw)
+        check_result(result)
 
     variant = variant_of(config)
     title = VARIANT_TITLES.get(variant, "CLIP-ITA")
     model_name = repo_id.split("/")[-1] if repo_id else (variant or "clip-ita")
-    train_set = describe_dataset(training_args.get("dataset") or training_args.get("data_dir"))
+    train_set = describe_dataset(training_args.get("dataset"))
     test_set = describe_dataset(result.get("dataset") if result else None)
     training_args = shorten_home(training_args)
     if result and not test_set["name"]:
@@ -496,7 +446,7 @@ def render_model_card(
         modalities=config.get("product_modalities") or [],
         repo_id=repo_id or "your-org/clip-ita",
         base_model=base_model,
-        architecture=markdown_table(["", ""], architecture_rows(config, model_dir)),
+        architecture=markdown_table(["", ""], architecture_rows(config, model_dir, training_args)),
         category_format=processor.get("category_format", "leaf"),
         max_attributes=processor.get("max_attributes", config.get("max_attributes")),
         train_set=train_set,
@@ -605,7 +555,5 @@ __all__ = [
     "describe_dataset",
     "render_index_card",
     "render_model_card",
-    "scrub",
-    "select_result",
     "to_eval_results",
 ]

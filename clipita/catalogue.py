@@ -33,24 +33,16 @@ from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm.auto import tqdm
 
+from clipita.fileio import write_atomic, write_json
+from clipita.schema import FEATURES, PATH_SEPARATOR, SPLITS, path_text
+
 GENERATOR_VERSION = 1
-SPLITS = ("train", "validation", "test")
-FEATURES = datasets.Features(
-    {
-        "product_id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "title": datasets.Value("string"),
-        "attributes": datasets.List(datasets.Value("string")),
-        "category": datasets.List(datasets.Value("string")),
-    }
-)
 ROW_GROUP_SIZE = 500
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,8 +141,8 @@ _PATTERN_WORDS = {
 class _Pen:
     """Draws in unit coordinates of a rotated box onto the body mask and the detail layer.
 
-    Every shape is a polygon or polyline, so the rotation happens on coordinates (cheap) rather than on
-    pixels (a bicubic rotation of the layer would cost most of the time spent on an image).
+    Every shape is a polygon or polyline, so the rotation happens on coordinates rather than on pixels
+    (no resampling of the layers).
     """
 
     def __init__(
@@ -1065,18 +1057,20 @@ def plan_catalogue(
 def _write_shard(job: tuple[str, np.ndarray, np.ndarray, int, int]) -> int:
     """Write one parquet shard (atomically: a half-written file never looks finished)."""
     path, indices, leaf_of, seed, image_size = job
-    tmp = path + ".tmp"
     schema = FEATURES.arrow_schema
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for start in range(0, len(indices), ROW_GROUP_SIZE):
-            rows = [
-                product_row(int(i), int(leaf), seed, image_size)
-                for i, leaf in zip(
-                    indices[start : start + ROW_GROUP_SIZE], leaf_of[start : start + ROW_GROUP_SIZE]
-                )
-            ]
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(str(tmp), schema) as writer:
+            for start in range(0, len(indices), ROW_GROUP_SIZE):
+                rows = [
+                    product_row(int(i), int(leaf), seed, image_size)
+                    for i, leaf in zip(
+                        indices[start : start + ROW_GROUP_SIZE], leaf_of[start : start + ROW_GROUP_SIZE]
+                    )
+                ]
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+
+    write_atomic(path, write)
     return len(indices)
 
 
@@ -1130,7 +1124,7 @@ def generate_catalogue(
         "args": args,
         "sizes": sizes,
         "seconds": round(time.perf_counter() - started, 1),
-        "separator": " > ",
+        "separator": PATH_SEPARATOR,
         "leaves": [
             {
                 "path": list(leaf.path),
@@ -1144,9 +1138,9 @@ def generate_catalogue(
             }
             for i, leaf in enumerate(LEAVES)
         ],
-        "held_out": [" > ".join(LEAVES[i].path) for i in held],
+        "held_out": [path_text(LEAVES[i].path) for i in held],
     }
-    (out / "catalogue.json").write_text(json.dumps(info, indent=1))
+    write_json(out / "catalogue.json", info)
     return out
 
 

@@ -3,22 +3,17 @@
 One entry point, `load_catalogue`, reads the embedded catalogue ("demo"), a local folder (parquet, arrow,
 imagefolder with metadata.jsonl / metadata.csv, a `save_to_disk` folder) or a Hub dataset id, maps its
 columns onto ``product_id, image, title, attributes, category`` and drops rows that would break training
-(unreadable image, empty category, image over the pixel budget), counting them in a `SkipReport`.
-Seen / unseen categories are computed here too: a node is a path prefix, so equal names in different
-branches stay apart.
+(unreadable image, empty category, image over the pixel budget, as `clipita.encoding.row_problem`
+decides), counting them in a `SkipReport`. The schema is `clipita.schema`; seen / unseen categories are
+`clipita.tree`'s; the command-line flags are `clipita.cli`'s (`python -m clipita.data` runs its check).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import io
 import json
 import logging
 import os
-import shutil
-import sys
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +22,21 @@ from typing import Any
 
 import datasets
 import pandas as pd
-from PIL import Image as PILImage
 
-from clipita.catalogue import FEATURES, catalogue_matches, generate_catalogue, generation_defaults
+from clipita.catalogue import catalogue_matches, generate_catalogue, generation_defaults
+from clipita.encoding import EMPTY_CATEGORY, TOO_LARGE, UNREADABLE, row_problem
+from clipita.fileio import publish_dir
+from clipita.schema import (
+    CANONICAL_COLUMNS,
+    FEATURES,
+    PATH_SEPARATOR,
+    SPLITS,
+    parse_attributes,
+    parse_category,
+)
 
 logger = logging.getLogger(__name__)
 
-CANONICAL_COLUMNS = tuple(FEATURES)
 SPLIT_ALIASES = {
     "valid": "validation",
     "val": "validation",
@@ -79,7 +82,7 @@ _DEFAULTS = {
     "attributes_column": "attributes",
     "category_column": "category",
     "id_column": "product_id",
-    "category_separator": " > ",
+    "category_separator": PATH_SEPARATOR,
     "eval_only": False,
 }
 
@@ -92,7 +95,6 @@ class CatalogueSchemaError(ValueError):
 # Per-row problems
 # ---------------------------------------------------------------------------------------------------------
 
-UNREADABLE, EMPTY_CATEGORY, TOO_LARGE = "unreadable image", "empty category", "image over pixel budget"
 _WHERE = {UNREADABLE: "column 'image'", EMPTY_CATEGORY: "column 'category'", TOO_LARGE: "column 'image'"}
 
 
@@ -125,37 +127,6 @@ class SkipReport:
             more = ", ..." if n > len(self.examples[reason]) else ""
             parts.append(f"{n} {reason}{where} (ids: {', '.join(self.examples[reason])}{more})")
         return f"{text}: " + "; ".join(parts)
-
-
-def row_problem(image: Any, category: Sequence[str], max_image_pixels: int) -> str:
-    """Why a row cannot be used ("" when it can). `image` is an undecoded {"bytes", "path"} dict.
-
-    Only the header is parsed to get the size; JPEGs are then decoded at 1/8 scale (`draft`), which catches
-    truncated files at a fraction of the cost of a full decode.
-    """
-    if not category or not any(str(c).strip() for c in category):
-        return EMPTY_CATEGORY
-    if not image or not (image.get("bytes") or image.get("path")):
-        return UNREADABLE
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            if image.get("bytes") or os.path.isfile(image["path"]):
-                src = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
-                with PILImage.open(src) as img:
-                    if img.width * img.height > max_image_pixels:
-                        return TOO_LARGE
-                    img.draft("RGB", (64, 64))
-                    img.load()
-            else:  # a remote path (hf://, zip://...): datasets knows how to open it
-                img = datasets.Image().decode_example(image)
-                if img.width * img.height > max_image_pixels:
-                    return TOO_LARGE
-    except PILImage.DecompressionBombError:
-        return TOO_LARGE
-    except Exception:  # any decoder or file error means the same for training: this row cannot be read
-        return UNREADABLE
-    return ""
 
 
 def clean_catalogue(
@@ -262,41 +233,6 @@ def validate_columns(
         )
 
 
-def parse_attributes(value: Any) -> list[str]:
-    """A list of "key: value" strings from a list, a dict, a JSON string of either, or "a: 1; b: 2"."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text[:1] in "[{":
-            try:
-                return parse_attributes(json.loads(text))
-            except json.JSONDecodeError:
-                pass
-        return [part.strip() for part in text.split(";") if part.strip()]
-    if isinstance(value, Mapping):
-        return [f"{k}: {v}" for k, v in value.items() if v is not None and str(v).strip()]
-    if isinstance(value, Iterable):
-        return [str(v).strip() for v in value if v is not None and str(v).strip()]
-    return [str(value)]
-
-
-def parse_category(value: Any, separator: str | None = " > ") -> list[str]:
-    """The category path root -> leaf, from a list (or its JSON) or a separator-joined string; empty parts dropped."""
-    if value is None:
-        return []
-    if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-    if isinstance(value, str):
-        parts = value.split(separator) if separator else [value]
-    else:
-        parts = [str(v) for v in value if v is not None]
-    return [p.strip() for p in parts if p.strip()]
-
-
 def _is_missing(value: Any) -> bool:
     return (
         value is None
@@ -356,7 +292,7 @@ def to_canonical(
     attributes_column: str | Sequence[str] | Mapping[str, str] | None = "attributes",
     category_column: str | Sequence[str] = "category",
     id_column: str | None = "product_id",
-    category_separator: str | None = " > ",
+    category_separator: str | None = PATH_SEPARATOR,
     base_dir: str | None = None,
     id_prefix: str = "row",
     source: str = "the catalogue",
@@ -442,9 +378,7 @@ def ensure_demo(path: Path | None = None) -> Path:
             **DEMO_ARGS,
             num_proc=min(2, os.cpu_count() or 1),
         )
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(fresh, path)
+        publish_dir(fresh, path)
     return path
 
 
@@ -496,7 +430,7 @@ def _metadata_files(root: Path) -> dict[str, list[Path]]:
             if f.is_file():
                 split = f.parent.name if f.parent != root else "train"
                 split = SPLIT_ALIASES.get(split, split)
-                found.setdefault(split if split in ("train", "validation", "test") else "train", []).append(f)
+                found.setdefault(split if split in SPLITS else "train", []).append(f)
     return found
 
 
@@ -598,7 +532,7 @@ def load_catalogue(
     attributes_column: str | Sequence[str] | Mapping[str, str] | None = "attributes",
     category_column: str | Sequence[str] = "category",
     id_column: str | None = "product_id",
-    category_separator: str | None = " > ",
+    category_separator: str | None = PATH_SEPARATOR,
     streaming: bool = False,
     max_image_pixels: int = 40_000_000,
     data_dir: str | None = None,
@@ -657,111 +591,7 @@ def load_catalogue(
     return (result, report) if return_report else result
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Seen / unseen categories
-# ---------------------------------------------------------------------------------------------------------
+if __name__ == "__main__":  # `python -m clipita.data --dataset ...`: the entry point checks a catalogue
+    from clipita.cli import check_catalogue
 
-
-def category_nodes(path: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every node on a path, as path prefixes: ["Home", "Kitchen"] -> [("Home",), ("Home", "Kitchen")]."""
-    return [tuple(path[: k + 1]) for k in range(len(path))]
-
-
-def seen_nodes(train_paths: Iterable[Sequence[str]]) -> set[tuple[str, ...]]:
-    """Every node that some training product has on its path."""
-    return {node for path in train_paths for node in category_nodes(path)}
-
-
-def is_unseen(node: Sequence[str], seen: set[tuple[str, ...]]) -> bool:
-    """A category is unseen when no training product has it on its path."""
-    return tuple(node) not in seen
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Shared command-line flags (train.py, eval.py, search.py)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _list_or_str(text: str) -> str | list[str] | None:
-    """'' -> None (no such column), 'a,b' -> ['a', 'b'], 'a' -> 'a'."""
-    if text == "":
-        return None
-    return [part.strip() for part in text.split(",")] if "," in text else text
-
-
-def add_loader_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The catalogue flags every command line shares, so they mean the same everywhere."""
-    g = parser.add_argument_group("catalogue")
-    g.add_argument("--dataset", default="demo", help="'demo', a local folder or file, or a Hub dataset id")
-    g.add_argument(
-        "--preset", choices=sorted(PRESETS), default=None, help="column names of a well-known catalogue shape"
-    )
-    g.add_argument("--image_column", default="image")
-    g.add_argument("--title_column", default="title", help="'' when the catalogue has no titles")
-    g.add_argument(
-        "--attributes_column",
-        default="attributes",
-        help="a column of 'key: value' lists / dicts / JSON, or comma-separated columns (each becomes "
-        "'column: value'); '' for none",
-    )
-    g.add_argument(
-        "--category_column",
-        default="category",
-        help="a column holding the path (list or joined string), or comma-separated columns root,...,leaf",
-    )
-    g.add_argument("--id_column", default="product_id")
-    g.add_argument(
-        "--category_separator", default=" > ", help="separator of a category path held in one string"
-    )
-    g.add_argument(
-        "--streaming", action="store_true", help="stream the source instead of downloading it whole"
-    )
-    g.add_argument(
-        "--max_image_pixels", type=int, default=40_000_000, help="rows with larger images are skipped"
-    )
-    return parser
-
-
-def load_from_args(args: argparse.Namespace, split: str | None = None):
-    """`load_catalogue` from the flags of `add_loader_arguments`; returns (dataset, SkipReport)."""
-    category = _list_or_str(args.category_column)
-    if category is None:
-        raise CatalogueSchemaError("--category_column cannot be empty: every product needs a category")
-    return load_catalogue(
-        args.dataset,
-        split,
-        preset=args.preset,
-        image_column=args.image_column,
-        title_column=args.title_column or None,
-        attributes_column=_list_or_str(args.attributes_column),
-        category_column=category,
-        id_column=args.id_column or None,
-        category_separator=args.category_separator,
-        streaming=args.streaming,
-        max_image_pixels=args.max_image_pixels,
-        return_report=True,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Check a catalogue before a long run: columns, split sizes, skipped rows, unseen test categories."""
-    parser = add_loader_arguments(argparse.ArgumentParser(description=main.__doc__))
-    args = parser.parse_args(argv)
-    try:
-        dsd, report = load_from_args(args)
-    except CatalogueSchemaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for name, ds in dsd.items():
-        print(f"{name}: {len(ds)} products")
-    if "train" in dsd and "test" in dsd:
-        seen = seen_nodes(dsd["train"]["category"])
-        test_nodes = {node for path in dsd["test"]["category"] for node in category_nodes(path)}
-        unseen = [node for node in test_nodes if is_unseen(node, seen)]
-        print(f"test categories: {len(test_nodes)} nodes, {len(unseen)} unseen in train")
-    print(report)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(check_catalogue())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -49,6 +50,43 @@ def prepare_row(row: dict) -> dict:
     if "category" in row and not row["category"]:
         raise ValueError("empty category path")
     return {**row, "image": decode_image(row["image"])} if "image" in row else row
+
+
+# Why `row_problem` rejects a row (the loader counts rows per reason).
+UNREADABLE, EMPTY_CATEGORY, TOO_LARGE = "unreadable image", "empty category", "image over pixel budget"
+
+
+def row_problem(image: Any, category: Sequence[str], max_image_pixels: int) -> str:
+    """Why a row cannot be used ("" when it can): the loader's cheap check, before any row is encoded.
+
+    `image` is an undecoded `{"bytes", "path"}` cell. Only the header is parsed to get the size; JPEGs are
+    then decoded at 1/8 scale (`draft`), which catches truncated files without a full decode.
+    """
+    if not category or not any(str(c).strip() for c in category):
+        return EMPTY_CATEGORY
+    if not image or not (image.get("bytes") or image.get("path")):
+        return UNREADABLE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if image.get("bytes") or os.path.isfile(image["path"]):
+                src = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+                with Image.open(src) as img:
+                    if img.width * img.height > max_image_pixels:
+                        return TOO_LARGE
+                    img.draft("RGB", (64, 64))
+                    img.load()
+            else:  # a remote path (hf://, zip://...): datasets knows how to open it
+                import datasets
+
+                img = datasets.Image().decode_example(image)
+                if img.width * img.height > max_image_pixels:
+                    return TOO_LARGE
+    except Image.DecompressionBombError:
+        return TOO_LARGE
+    except Exception:  # any decoder or file error means the same for training: this row cannot be read
+        return UNREADABLE
+    return ""
 
 
 def iter_rows(

@@ -4,7 +4,8 @@ Queries are category-tree nodes (path prefixes) of the evaluated split; a produc
 its category path starts with it. Every product of the split is ranked for every query, at depth
 ``max(10, R)`` (R = number of relevant products) so R-precision is exact, in groups small enough that no
 queries x products matrix is ever built. The metric math lives once, in the local `evaluate` module
-``clipita/metrics/clipita_retrieval``; this file imports it by path.
+``clipita/metrics/clipita_retrieval`` (`clipita.metrics`). This module only scores rankers; eval.py puts
+the models and the baselines (`clipita.baselines`) together into results.json.
 
 Result shape (one entry of ``results["settings"]``; the whole results.json is described in eval.py)::
 
@@ -16,104 +17,24 @@ Result shape (one entry of ``results["settings"]``; the whole results.json is de
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol
 
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from clipita.data import category_nodes, seen_nodes
+from clipita.encoding import embed_dataset, product_encoder
+from clipita.metrics import metric_module
+from clipita.results import GROUPS, settings_of
+from clipita.schema import modality_columns
+from clipita.tree import LEVELS, Node, PathIndex, query_nodes, seen_nodes
 
 logger = logging.getLogger(__name__)
 
-METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "clipita_retrieval"
-SETTINGS = ("all", "general", "specific")
-GROUPS = ("overall", "seen", "unseen")
 ERROR_DEPTH = 10  # the error analysis looks at the wrong products among the top 10
-
-Node = tuple[str, ...]
-
-
-@functools.cache
-def metric_module() -> ModuleType:
-    """The metric file imported by path: its numpy functions, without `evaluate`'s Arrow round trip."""
-    spec = importlib.util.spec_from_file_location(
-        "clipita_retrieval_metric", METRIC_PATH / "clipita_retrieval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_metric(**kwargs):
-    """The same metric as an `evaluate.EvaluationModule` (``evaluate.load`` on the local folder, offline)."""
-    import evaluate
-
-    return evaluate.load(str(METRIC_PATH), **kwargs)
-
-
-def metric_names() -> list[str]:
-    """The metric keys reported per group, in the order of `per_query_scores`."""
-    module = metric_module()
-    return list(module.per_query_scores(np.zeros((1, 1), bool), np.ones(1, int)))
-
-
-# --- category tree --------------------------------------------------------------------------------------
-
-
-def query_nodes(paths: Iterable[Sequence[str]], setting: str) -> list[Node]:
-    """Distinct query nodes of a setting: roots ("general"), full paths ("specific") or every prefix ("all")."""
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; expected one of {SETTINGS}")
-    nodes: set[Node] = set()
-    for path in paths:
-        if not path:
-            continue
-        if setting == "general":
-            nodes.add((path[0],))
-        elif setting == "specific":
-            nodes.add(tuple(path))
-        else:
-            nodes.update(category_nodes(path))
-    return sorted(nodes)
-
-
-class CategoryIndex:
-    """Product paths encoded as node ids per depth, so relevance and tree distance are array lookups."""
-
-    def __init__(self, paths: Sequence[Sequence[str]]):
-        self.node_ids: dict[Node, int] = {}
-        depth = max((len(p) for p in paths), default=0)
-        self.at_depth = np.full((len(paths), max(depth, 1)), -1, dtype=np.int64)
-        empty = 0
-        for row, path in enumerate(paths):
-            if isinstance(path, str) or not all(isinstance(name, str) and name for name in path):
-                raise ValueError(
-                    f"product {row}: category path must be a list of non-empty strings, got {path!r}"
-                )
-            empty += not path
-            for d, node in enumerate(category_nodes(path)):
-                self.at_depth[row, d] = self.node_ids.setdefault(node, len(self.node_ids))
-        if empty:
-            logger.warning("%d of %d products have an empty category path: never relevant", empty, len(paths))
-        self.counts = np.bincount(self.at_depth[self.at_depth >= 0], minlength=len(self.node_ids))
-
-    def __len__(self) -> int:
-        return self.at_depth.shape[0]
-
-    def ancestors(self, nodes: Sequence[Node]) -> np.ndarray:
-        """[Q, D] node ids of each query's prefixes; -2 past its depth (never equal to a product's -1)."""
-        out = np.full((len(nodes), self.at_depth.shape[1]), -2, dtype=np.int64)
-        for q, node in enumerate(nodes):
-            for d, prefix in enumerate(category_nodes(node)):
-                out[q, d] = self.node_ids[prefix]
-        return out
 
 
 # --- rankers --------------------------------------------------------------------------------------------
@@ -192,7 +113,7 @@ def evaluate_rankings(
     ranker: Ranker,
     product_paths: Sequence[Sequence[str]],
     train_paths: Iterable[Sequence[str]] | None,
-    settings: Sequence[str] = SETTINGS,
+    settings: Sequence[str] = tuple(LEVELS),
     query_text: Callable[[Node], str] = lambda node: node[-1],
     max_queries_per_setting: int | None = None,
     seed: int = 0,
@@ -205,14 +126,14 @@ def evaluate_rankings(
     seen / unseen (None: unknown, both groups null). ``max_queries_per_setting`` samples that many queries per setting (seeded).
     ``max_entries`` bounds one retrieval group (queries x depth), which bounds memory.
     """
-    index = CategoryIndex(product_paths)
+    index = PathIndex(product_paths)
     seen = None if train_paths is None else seen_nodes(train_paths)
     metrics = metric_module()
     results: dict[str, dict] = {}
     for setting in settings:
         nodes = query_nodes(product_paths, setting)
         if max_queries_per_setting is not None and len(nodes) > max_queries_per_setting:
-            rng = np.random.default_rng([seed, SETTINGS.index(setting)])  # same sample whatever else runs
+            rng = np.random.default_rng([seed, list(LEVELS).index(setting)])  # same sample whatever else runs
             keep = np.sort(rng.choice(len(nodes), size=max_queries_per_setting, replace=False))
             nodes = [nodes[i] for i in keep]
         if not nodes:
@@ -276,87 +197,22 @@ def _error_analysis(common: np.ndarray, distance: np.ndarray) -> dict:
     }
 
 
-# --- checkpoints and catalogues ------------------------------------------------------------------------
-
-# Model modality -> (catalogue column, `encode_products` argument).
-MODALITY_COLUMNS = {
-    "image": ("image", "images"),
-    "title": ("title", "titles"),
-    "attributes": ("attributes", "attributes"),
-}
-
-
-def embed_rows(
-    products,
-    columns: Sequence[str],
-    encode: Callable[[dict], np.ndarray],
-    chunk_size: int = 512,
-    desc: str = "Encoding products",
-) -> np.ndarray:
-    """Encode a `datasets.Dataset` chunk by chunk (one chunk of decoded images in memory at a time).
-
-    A chunk that fails is retried row by row; a row that still fails (unreadable image, bad field) becomes
-    a NaN row, counted and logged, instead of ending the run. If every row of the first chunk fails, the
-    error is systematic (wrong model or columns) and is raised.
-    """
-    view = products.select_columns(list(columns))
-    out: np.ndarray | None = None
-    broken: list[int] = []
-    for start in tqdm(range(0, len(view), chunk_size), desc=desc, disable=len(view) <= chunk_size):
-        stop = min(start + chunk_size, len(view))
-        try:
-            rows = {start: np.asarray(encode(view[start:stop]), dtype=np.float32)}
-        except Exception as chunk_error:  # isolate the broken rows, then go on
-            rows = {}
-            for i in range(start, stop):
-                try:
-                    rows[i] = np.asarray(encode(view[i : i + 1]), dtype=np.float32)
-                except Exception as error:
-                    logger.warning("product %d skipped: %s: %s", i, type(error).__name__, error)
-                    broken.append(i)
-            if not rows and start == 0:
-                raise ValueError(
-                    f"no product of the first chunk could be encoded: {chunk_error}"
-                ) from chunk_error
-        for i, vectors in rows.items():
-            if out is None:
-                out = np.full((len(view), vectors.shape[1]), np.nan, dtype=np.float32)
-            out[i : i + len(vectors)] = vectors
-    if out is None:
-        raise ValueError("no product could be encoded")
-    if broken:
-        logger.warning("%d of %d products could not be encoded and are left out", len(broken), len(view))
-    return out
-
-
-def load_checkpoint(path: str, device: str | None = None):
-    """A CLIP-ITA folder or Hub id -> (model in eval mode on device, processor), through remote code."""
-    import torch
-    from transformers import AutoModel, AutoProcessor
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(path, trust_remote_code=True).to(device).eval()
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    return model, processor
+# --- models ---------------------------------------------------------------------------------------------
 
 
 def clipita_embeddings(model, processor, products, batch_size: int = 64) -> tuple[np.ndarray, Callable]:
     """CLIP-ITA product embeddings [N, d] (NaN rows: skipped products) and its category-text encoder."""
-    modalities = model.config.product_modalities
-
-    def encode(rows: dict) -> np.ndarray:
-        inputs = {MODALITY_COLUMNS[m][1]: rows[MODALITY_COLUMNS[m][0]] for m in modalities}
-        return model.encode_products(
-            **inputs, batch_size=batch_size, processor=processor, show_progress_bar=False
-        )
 
     def encode_queries(texts: list[str]) -> np.ndarray:
         return model.encode_categories(
             texts, batch_size=batch_size, processor=processor, show_progress_bar=False
         )
 
-    columns = [MODALITY_COLUMNS[m][0] for m in modalities]
-    return embed_rows(products, columns, encode, chunk_size=8 * batch_size), encode_queries
+    columns = ["product_id", *modality_columns(model.config.product_modalities)]
+    embeds, _ = embed_dataset(
+        products, product_encoder(model, processor, batch_size), chunk_size=8 * batch_size, columns=columns
+    )
+    return embeds, encode_queries
 
 
 def evaluate_dense(
@@ -373,108 +229,12 @@ def evaluate_dense(
     return results, len(embeds) - len(kept)
 
 
-BASELINES = ("bm25", "clip-zero-shot")
-BASELINE_NAMES = {"bm25": "BM25", "clip-zero-shot": "CLIP zero-shot"}
-
-
-def run_evaluation(
-    catalogue,
-    split: str = "test",
-    model_paths: Sequence[str] = (),
-    baselines: Sequence[str] = BASELINES,
-    dataset_name: str | None = None,
-    zero_shot_from: str | None = None,
-    batch_size: int = 64,
-    device: str | None = None,
-    **protocol,
-) -> dict:
-    """Evaluate checkpoints and baselines on one split of a catalogue (a `datasets.DatasetDict`; its train
-    split, when present, decides which categories are seen).
-
-    Returns the results.json object: the first model's run (or the first baseline's, without models) with the
-    issue's keys, and every other run, same shape, under "baselines". ``protocol`` goes to `evaluate_rankings`
-    (settings, max_queries_per_setting, seed). The zero-shot CLIP baseline uses the CLIP towers and
-    projections inside ``zero_shot_from`` (default: the first model), so it is zero-shot only when that
-    model kept CLIP frozen.
-    """
-    import datasets
-
-    from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings
-
-    unknown = set(baselines) - set(BASELINES)
-    if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
-    if split not in catalogue:
-        raise ValueError(f"the catalogue has no {split!r} split (splits: {list(catalogue)})")
-    if not model_paths and not baselines:
-        raise ValueError("nothing to evaluate: give model paths and/or baselines")
-    products = catalogue[split]
-    if isinstance(products, datasets.IterableDataset):
-        raise ValueError("evaluation ranks the whole split: load it as a map-style Dataset (no streaming)")
-    product_paths = list(products["category"])
-    train_paths = list(catalogue["train"]["category"]) if "train" in catalogue else None
-    if train_paths is None:
-        logger.warning(
-            "no train split: seen / unseen categories cannot be told apart and are reported as null"
-        )
-    meta = {"dataset": dataset_name, "split": split}
-
-    def run(name: str, model: str, results: dict, skipped: int, **extra) -> dict:
-        entry = {"name": name, "model": model, **meta, "num_products": len(products) - skipped}
-        return {**entry, "num_skipped": skipped, **extra, "settings": results}
-
-    runs = []
-    if "bm25" in baselines:
-        results = evaluate_rankings(
-            BM25Ranker(list(products["title"])), product_paths, train_paths, **protocol
-        )
-        runs.append(run("BM25", "bm25", results, 0))
-    if "clip-zero-shot" in baselines:
-        source = zero_shot_from or (model_paths[0] if model_paths else None)
-        if source is None:
-            raise ValueError("the clip-zero-shot baseline needs a model path (zero_shot_from or model_paths)")
-        model, processor = load_checkpoint(source, device)
-        embeds, encode_queries = clip_zero_shot_embeddings(model, processor, products, batch_size)
-        results, skipped = evaluate_dense(
-            embeds, encode_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
-        )
-        runs.append(run("CLIP zero-shot", "clip-zero-shot", results, skipped, zero_shot_from=source))
-        del model
-    names = [run["name"] for run in runs]
-    for path in model_paths:
-        model, processor = load_checkpoint(path, device)
-        embeds, encode_queries = clipita_embeddings(model, processor, products, batch_size)
-        results, skipped = evaluate_dense(
-            embeds, encode_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
-        )
-        name = Path(str(path).rstrip("/")).name or str(path)
-        name = name if name not in names else f"{name} ({len(names)})"
-        names.append(name)
-        runs.append(run(name, str(path), results, skipped, variant=model.config.variant))
-        del model
-    primary = len(runs) - len(model_paths) if model_paths else 0
-    return {**runs[primary], "baselines": [r for i, r in enumerate(runs) if i != primary]}
-
-
-def runs_by_name(results: dict) -> dict[str, dict]:
-    """results.json -> {row name: run}, baselines first then models, ready for `format_table`."""
-    runs = [results, *results.get("baselines", [])]
-    runs = [{k: v for k, v in r.items() if k != "baselines"} for r in runs]
-    order = [r for r in runs if r["model"] in BASELINES] + [r for r in runs if r["model"] not in BASELINES]
-    return {r["name"]: r for r in order}
-
-
 # --- reporting ------------------------------------------------------------------------------------------
-
-
-def _settings_of(result: dict) -> dict:
-    """Accept a results.json object or its bare "settings" object."""
-    return result.get("settings", result)
 
 
 def format_table(results_by_model: dict[str, dict], metrics: Sequence[str] = ("P@10", "mAP@10")) -> str:
     """Markdown table shaped like the paper's Table 1: models x settings, overall / seen / unseen, in %."""
-    settings = [s for s in SETTINGS if any(s in _settings_of(r) for r in results_by_model.values())]
+    settings = [s for s in LEVELS if any(s in settings_of(r) for r in results_by_model.values())]
     header = ["model"] + [f"{s}{'' if g == 'overall' else f': {g}'}" for s in settings for g in GROUPS]
     lines = [
         f"{' / '.join(metrics)} in % (x100, like the paper); seen / unseen split the queries.",
@@ -485,7 +245,7 @@ def format_table(results_by_model: dict[str, dict], metrics: Sequence[str] = ("P
     for model, result in results_by_model.items():
         cells = [model]
         for setting in settings:
-            groups = _settings_of(result).get(setting, {})
+            groups = settings_of(result).get(setting, {})
             for group in GROUPS:
                 values = [groups.get(group, {}).get(m) for m in metrics]
                 cells.append(" / ".join("-" if v is None else f"{100 * v:.2f}" for v in values))
@@ -500,12 +260,12 @@ def plot_results(results_by_model: dict[str, dict], path: str | Path, metric: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = [s for s in SETTINGS if any(s in _settings_of(r) for r in results_by_model.values())]
+    settings = [s for s in LEVELS if any(s in settings_of(r) for r in results_by_model.values())]
     width = 0.8 / max(len(results_by_model), 1)
     fig, axes = plt.subplots(1, len(GROUPS), figsize=(4 * len(GROUPS), 3.5), sharey=True)
     for ax, group in zip(axes, GROUPS):
         for i, (model, result) in enumerate(results_by_model.items()):
-            values = [_settings_of(result).get(s, {}).get(group, {}).get(metric) for s in settings]
+            values = [settings_of(result).get(s, {}).get(group, {}).get(metric) for s in settings]
             heights = [0.0 if v is None else 100 * v for v in values]
             ax.bar(np.arange(len(settings)) + i * width, heights, width, label=model)
         ax.set_xticks(np.arange(len(settings)) + width * (len(results_by_model) - 1) / 2, settings)

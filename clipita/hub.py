@@ -18,75 +18,19 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, get_stored_tokens
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+from clipita.secrets import scan_files
 
 CODE_FILES = ("configuration_clipita.py", "modeling_clipita.py", "processing_clipita.py")
 MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
-# A Hugging Face user access token: "hf_" and 30+ letters/digits (identifiers like hf_hub_download have "_"),
-# not inside a longer word. A bytes pattern with a literal start scans ~1 GB/s; the word check is done apart.
-TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
-WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 INDEX_MANIFEST = "manifest.json"
 # Training artefacts that live in train.py's output folder but never ship (clipita.training.export).
 IGNORE_PATTERNS = ["checkpoints/**", "logs/**"]
-SCAN_CHUNK = 16 * 1024 * 1024
-
-
-# ----- secrets -------------------------------------------------------------------------------------------
-
-
-def known_tokens() -> list[str]:
-    """The tokens this machine would authenticate with (environment, login file, stored tokens).
-
-    Read directly, not through `huggingface_hub.get_token`, which may refresh or exchange tokens online.
-    """
-    tokens = [os.environ.get(name, "") for name in TOKEN_ENV_VARS]
-    try:
-        tokens.append(Path(constants.HF_TOKEN_PATH).read_text())
-    except OSError:
-        pass
-    tokens += get_stored_tokens().values()
-    return sorted({t.strip() for t in tokens if len(t.strip()) >= 8})
-
-
-def find_secret(text: str | bytes, tokens: Iterable[str] | None = None) -> str | None:
-    """Why `text` holds a secret ("an hf_ token", "the value of HF_TOKEN"...), or None; never the secret."""
-    data = text.encode("utf-8", "ignore") if isinstance(text, str) else text
-    for token in known_tokens() if tokens is None else tokens:
-        if token.encode() in data:
-            return "a Hugging Face access token of this machine (environment or login)"
-    for match in TOKEN_PATTERN.finditer(data):
-        if match.start() == 0 or data[match.start() - 1] not in WORD_BYTES:
-            return "a string shaped like a Hugging Face access token (hf_...)"
-    return None
-
-
-def _safetensors_header(path: Path) -> bytes:
-    """The JSON header of a safetensors file (names, shapes, metadata): the only place text can hide."""
-    with path.open("rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        return f.read(min(size, 100_000_000))
-
-
-def file_secret(path: Path, tokens: list[str]) -> str | None:
-    """`find_secret` over a file read in chunks (an index's embeddings can be gigabytes), chunks overlapping
-    so a token across a boundary is still found. Compressed content (parquet pages) is not inflated."""
-    if path.suffix == ".safetensors":
-        return find_secret(_safetensors_header(path), tokens)
-    overlap = max([len(t) for t in tokens] + [64])
-    tail = b""
-    with path.open("rb") as f:
-        while chunk := f.read(SCAN_CHUNK):
-            reason = find_secret(tail + chunk, tokens)
-            if reason:
-                return reason
-            tail = chunk[-overlap:]
-    return None
 
 
 # ----- folder checks -------------------------------------------------------------------------------------
@@ -122,7 +66,7 @@ def _check_auto_map(
         reference = auto_map.get(auto_class)
         if not isinstance(reference, str) or "." not in reference:
             problems.append(
-                f"{file_name}: auto_map lacks {auto_class} (save after importing clipita.bootstrap)"
+                f"{file_name}: auto_map lacks {auto_class} (call clipita.bootstrap.register_auto_classes() before saving)"
             )
             continue
         module = reference.split("--")[-1].rsplit(".", 1)[0] + ".py"
@@ -216,14 +160,7 @@ def check_model_card(path: str | os.PathLike) -> list[str]:
 
 def scan_for_secrets(folder: str | os.PathLike, files: list[str] | None = None) -> list[str]:
     """Problems for every release file holding an access token (the problem names the file, never the token)."""
-    root = Path(folder)
-    tokens = known_tokens()
-    problems = []
-    for name in release_files(root) if files is None else files:
-        reason = file_secret(root / name, tokens)
-        if reason:
-            problems.append(f"{name} contains {reason}")
-    return problems
+    return scan_files(folder, release_files(folder) if files is None else files)
 
 
 def check_release_folder(model_dir: str | os.PathLike) -> list[str]:
@@ -392,8 +329,6 @@ __all__ = [
     "check_index_folder",
     "check_model_card",
     "check_release_folder",
-    "find_secret",
-    "known_tokens",
     "load_check",
     "push_folder",
     "release_files",

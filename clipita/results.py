@@ -45,15 +45,20 @@ def runs_by_name(results: Mapping) -> dict[str, dict]:
 def select_result(results: Mapping, model_dir: str | Path | None = None, wanted: str | None = None) -> dict:
     """One run, with every other run under "baselines" (so a card can compare).
 
-    `wanted` picks a run by name or model; else `model_dir` by the evaluated path; else the file must hold
-    a single top-level run. Anything ambiguous is an error naming the runs, never a guess.
+    `wanted` picks a run by name or model (or key, in a {name: run} file); else `model_dir` by the evaluated
+    path; else the file must hold a single top-level run. Anything ambiguous is an error naming the runs,
+    never a guess.
     """
     runs = runs_of(results)
     if not runs:
         raise ResultsError('results hold no run with "settings": is it eval.py\'s results.json?')
+    if "settings" in results:
+        labels = [r.get("name") or r.get("model") for r in runs]
+    else:  # a {name: run} file: its keys name the runs, whatever "name" each run holds
+        labels = [k for k, v in results.items() if isinstance(v, Mapping) and "settings" in v]
     if wanted is not None:
-        matches = [r for r in runs if wanted in (r.get("name"), r.get("model"))]
-        how = f"{wanted!r} matches {{}} runs"
+        matches = [r for r, label in zip(runs, labels) if wanted in (r.get("name"), r.get("model"), label)]
+        how = f"{wanted!r} matches {len(matches)} runs"
     elif model_dir is not None:
         model_dir = Path(model_dir)
         matches = [
@@ -65,18 +70,15 @@ def select_result(results: Mapping, model_dir: str | Path | None = None, wanted:
                 or Path(str(r["model"])).name == model_dir.name
             )
         ]
-        how = f"{{}} runs of {model_dir}"
+        how = f"no single run of {model_dir}"
     elif "settings" in results:
         matches = runs[:1]
         how = ""
     else:
         matches = runs if len(runs) == 1 else []
-        how = "{} runs chosen"
+        how = "several models"
     if len(matches) != 1:
-        names = [r.get("name") or r.get("model") for r in runs]
-        raise ResultsError(
-            f"{how.format(len(matches))} in the results; its runs: {names}; choose one by name"
-        )
+        raise ResultsError(f"{how} in the results; its runs: {labels}; choose one by name")
     chosen = matches[0]
     return {**chosen, "baselines": [r for r in runs if r is not chosen]}
 

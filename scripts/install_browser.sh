@@ -2,6 +2,7 @@
 # Installs what tests/test_space_browser.py needs on a fresh Debian machine: Debian's Chromium, which
 # Playwright drives through executable_path (no Playwright browser download, so it works offline
 # behind an apt mirror). The python playwright package itself is a dev dependency (pyproject.toml).
+# scripts/test.sh runs this only when Chromium is missing and browser tests are selected.
 set -euo pipefail
 
 CHROMIUM=/usr/bin/chromium

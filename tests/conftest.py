@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny from-scratch CLIP-ITA (no Hub) and a clean-process runner."""
+"""Shared fixtures: a tiny from-scratch CLIP-ITA (no Hub) and a clean-process runner; and the hook
+scripts/test.sh asks which markers the selected tests carry (it installs Chromium only for `browser`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TINY_TEXTS = [
     "Home > Kitchen > Ceramic Mugs",
@@ -47,3 +46,11 @@ def run_clean_python(code: str, cwd: Path, timeout: float = 180) -> subprocess.C
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def pytest_collection_finish(session):
+    """With CLIPITA_SELECTED_MARKERS=<file> set, write the markers of the selected tests there, one a line."""
+    path = os.environ.get("CLIPITA_SELECTED_MARKERS")
+    if path:
+        markers = sorted({marker.name for item in session.items for marker in item.iter_markers()})
+        Path(path).write_text("".join(f"{name}\n" for name in markers))

@@ -42,6 +42,7 @@ def figures(lines: list[str], label: str) -> list[float]:
     return [float(x) for x in re.findall(r"\d+\.\d+", line[len(label) :])]
 
 
+@pytest.mark.slow  # a benchmark run
 def test_encode_throughput_quick():
     lines = run_bench("encode_throughput.py", "--num-products", "4", "--batch-size", "2", "--repeats", "1")
     for label in ("products/s end-to-end", "products/s processing only", "products/s forward only"):
@@ -51,6 +52,7 @@ def test_encode_throughput_quick():
     assert float(lines[-1].split()[1]) == figures(lines, "products/s end-to-end")[2]
 
 
+@pytest.mark.slow  # a benchmark run
 def test_train_throughput_quick_checkpointing_reaches_the_clip_towers():
     lines = run_bench("train_throughput.py", "--batch-size", "2", "--steps", "1", "--checkpointing", "on")
     rows = {}
@@ -68,6 +70,7 @@ def test_train_throughput_quick_checkpointing_reaches_the_clip_towers():
     assert float(lines[-1].split()[1]) == samples[0]
 
 
+@pytest.mark.slow  # a benchmark run
 def test_flops_quick():
     lines = run_bench(
         "flops.py",
@@ -80,9 +83,9 @@ def test_flops_quick():
     assert any(line.startswith("utilisation: forward") for line in lines)
 
 
+@pytest.mark.slow  # a benchmark run
 def test_flop_counts_split_by_pass():
     """The per-pass counts add up, and ViT-B/32's image pass costs what the architecture says."""
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from bench.common import build_model, synthetic_category_names, synthetic_products

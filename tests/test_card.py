@@ -15,7 +15,9 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 
-from clipita.card import TAGS, render_model_card, select_result
+from clipita.bootstrap import register_auto_classes
+from clipita.card import TAGS, render_model_card
+from clipita.results import select_result
 from tests.conftest import ROOT, tiny_model
 
 METRICS = ("P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10", "MRR", "nDCG@10")
@@ -89,6 +91,7 @@ def fake_training() -> tuple[dict, dict]:
 
 def save_tiny_release(folder):
     """A tiny CLIP-ITA with weights moved away from their initial values, saved with its processor."""
+    register_auto_classes()  # the folder gets its auto_map and code files, as a release needs
     model, processor = tiny_model()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -228,6 +231,7 @@ def test_bad_eval_results_name_the_field(release, tmp_path):
         render_model_card(tmp_path, model_config=config, ablation_plot=str(tmp_path / "missing.png"))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_no_token_reaches_the_folder_or_the_logs(release, tmp_path):
     """Render in a process whose environment holds tokens, with a token planted in the inputs too."""
     folder = tmp_path / "clip-ita"

@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from clipita import catalogue as cat
-from clipita.data import seen_nodes
+from clipita.schema import FEATURES, SPLITS
+from clipita.tree import seen_nodes
 
 
 def _rows(folder):
     """All rows of a generated catalogue as {product_id: row}, split included."""
     out = {}
-    for split in cat.SPLITS:
+    for split in SPLITS:
         for f in sorted((folder / split).glob("*.parquet")):
             for row in pq.read_table(f).to_pylist():
                 out[row["product_id"]] = dict(row, split=split)
@@ -100,8 +101,8 @@ def test_written_catalogue(small):
 
 def test_datasets_reads_the_layout(small):
     ds = datasets.load_dataset("parquet", data_dir=str(small))
-    assert set(ds) == set(cat.SPLITS)
-    assert ds["train"].features == cat.FEATURES
+    assert set(ds) == set(SPLITS)
+    assert ds["train"].features == FEATURES
     img = ds["train"][0]["image"]
     assert isinstance(img, Image.Image) and img.size == (32, 32)
 

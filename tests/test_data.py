@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from clipita import data
-from clipita.catalogue import FEATURES, generate_catalogue
+from clipita import cli, data, tree
+from clipita.catalogue import generate_catalogue
+from clipita.schema import FEATURES
 
 
 @pytest.fixture(autouse=True)
@@ -177,12 +178,13 @@ def test_missing_column_is_named_with_the_columns_present(tmp_path):
     )  # a catalogue without titles is allowed when said so
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_check_cli_exits_non_zero_on_a_missing_column(tmp_path, capsys):
     datasets.Dataset.from_list(_table(4), features=FEATURES).to_parquet(str(tmp_path / "train.parquet"))
     cmd = [sys.executable, "-m", "clipita.data", "--dataset", str(tmp_path), "--category_column", "cat"]
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode != 0 and "'cat' (--category_column)" in bad.stderr
-    assert data.main(["--dataset", str(tmp_path)]) == 0
+    assert cli.check_catalogue(["--dataset", str(tmp_path)]) == 0
     assert "skipped 0 of 4 rows" in capsys.readouterr().out
 
 
@@ -308,7 +310,7 @@ def test_hub_ids_go_to_load_dataset(monkeypatch, tmp_path):
 
 
 def test_loader_flags(tmp_path):
-    parser = data.add_loader_arguments(argparse.ArgumentParser())
+    parser = cli.add_loader_arguments(argparse.ArgumentParser())
     frame = {
         "image": [{"bytes": _png(), "path": None}] * 2,
         "sku": ["a", "b"],
@@ -322,19 +324,19 @@ def test_loader_flags(tmp_path):
     )
     args = parser.parse_args(["--dataset", str(tmp_path), "--category_column", "dept,aisle", "--title_column", "",
                               "--attributes_column", "colour,material", "--id_column", "sku"])  # fmt: skip
-    ds, report = data.load_from_args(args, "test")
+    ds, report = cli.load_from_args(args, "test")
     assert list(ds["category"]) == [["Home", "Kitchen"], ["Toys", "Plush"]]
     assert list(ds["attributes"]) == [["colour: red", "material: wood"], ["material: plush"]]
     assert list(ds["title"]) == ["", ""] and report.rows == 2
 
 
 def test_seen_and_unseen_nodes():
-    assert data.category_nodes(["Home", "Kitchen", "Mugs"]) == [
+    assert tree.category_nodes(["Home", "Kitchen", "Mugs"]) == [
         ("Home",),
         ("Home", "Kitchen"),
         ("Home", "Kitchen", "Mugs"),
     ]
-    seen = data.seen_nodes([["Home", "Kitchen", "Mugs"], ["Toys", "Plush"]])
-    assert not data.is_unseen(("Home", "Kitchen"), seen)
-    assert data.is_unseen(["Home", "Kitchen", "Bowls"], seen)
-    assert data.is_unseen(("Toys", "Kitchen"), seen), "the same name in another branch is another node"
+    seen = tree.seen_nodes([["Home", "Kitchen", "Mugs"], ["Toys", "Plush"]])
+    assert not tree.is_unseen(("Home", "Kitchen"), seen)
+    assert tree.is_unseen(["Home", "Kitchen", "Bowls"], seen)
+    assert tree.is_unseen(("Toys", "Kitchen"), seen), "the same name in another branch is another node"

@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 
 from clipita.baselines import BM25Ranker
-from clipita.evaluation import (
-    DenseRanker,
-    embed_rows,
-    evaluate_dense,
-    evaluate_rankings,
-    format_table,
-    metric_names,
-    plot_results,
-    query_nodes,
-    seen_nodes,
-)
+from clipita.encoding import embed_dataset
+from clipita.evaluation import DenseRanker, evaluate_dense, evaluate_rankings, format_table, plot_results
+from clipita.metrics import metric_module
+from clipita.tree import query_nodes, seen_nodes
+
+
+def metric_names() -> list[str]:
+    """The metric keys reported per group, in the order of `per_query_scores`."""
+    return list(metric_module().per_query_scores(np.zeros((1, 1), bool), np.ones(1, int)))
+
 
 # Products 0..5 and their paths; training saw A>B>C and F>G only.
 PATHS = [list("ABC"), list("ABD"), list("AE"), list("FG"), list("ABC"), list("FH")]
@@ -60,7 +59,7 @@ def test_query_nodes_per_setting():
         tuple("FH"),
     ]
     assert len(query_nodes(PATHS, "all")) == 8  # A, AB, ABC, ABD, AE, F, FG, FH
-    with pytest.raises(ValueError, match="unknown setting"):
+    with pytest.raises(ValueError, match="unknown category level"):
         query_nodes(PATHS, "leaf")
 
 
@@ -213,18 +212,19 @@ def test_format_table_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_embed_rows_skips_broken_rows_and_raises_on_systematic_failure():
+def test_embed_dataset_skips_broken_rows_and_raises_on_systematic_failure():
     import datasets
 
     products = datasets.Dataset.from_dict({"x": [1.0, 2.0, -1.0, 4.0, 5.0], "other": list("abcde")})
 
     def encode(rows):
-        assert list(rows) == ["x"]  # only the asked columns are read
-        if any(x < 0 for x in rows["x"]):
+        assert all(list(row) == ["x"] for row in rows)  # only the asked columns are read
+        if any(row["x"] < 0 for row in rows):
             raise OSError("unreadable image")
-        return np.array([[x, 1.0] for x in rows["x"]])
+        return np.array([[row["x"], 1.0] for row in rows])
 
-    embeds = embed_rows(products, ["x"], encode, chunk_size=2)
+    embeds, failures = embed_dataset(products, encode, chunk_size=2, columns=["x"])
+    assert [f.row for f in failures] == [2]
     assert np.isnan(embeds[2]).all()
     np.testing.assert_array_equal(embeds[[0, 1, 3, 4], 0], [1, 2, 4, 5])
 
@@ -238,14 +238,14 @@ def test_embed_rows_skips_broken_rows_and_raises_on_systematic_failure():
         raise KeyError("image")
 
     with pytest.raises(ValueError, match="first chunk"):
-        embed_rows(products, ["x"], always_fails, chunk_size=2)
+        embed_dataset(products, always_fails, chunk_size=2, columns=["x"])
 
 
 def test_eval_cli_end_to_end(tmp_path):
     """eval.py on a generated catalogue and a tiny saved CLIP-ITA: results.json schema and value ranges."""
     import json
 
-    from clipita.bootstrap import build_default_model
+    from clipita.bootstrap import build_default_model, register_auto_classes
     from clipita.catalogue import generate_catalogue
     from clipita.data import load_catalogue
     from eval import main
@@ -258,6 +258,7 @@ def test_eval_cli_end_to_end(tmp_path):
         *(c for p in train["category"] for c in p),
     ]
     model, processor = build_default_model(texts, hidden_size=32, layers=1)
+    register_auto_classes()  # the folder gets its auto_map and code files: eval.py loads remote code
     model.save_pretrained(tmp_path / "clip-ita")
     processor.save_pretrained(tmp_path / "clip-ita")
 

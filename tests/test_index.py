@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipita import index as index_module
-from clipita.catalogue import FEATURES as CANONICAL_FEATURES
 from clipita.index import (
     CatalogueIndex,
     choose_index_kind,
     encode_to_shards,
     load_shards,
-    normalise_attribute,
     search,
 )
+from clipita.index import catalogue_index as catalogue_index_module
+from clipita.schema import FEATURES as CANONICAL_FEATURES
+from clipita.schema import normalise_attribute
 
 DIM = 16
 
@@ -165,6 +165,7 @@ RESUME_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # killed and resumed subprocesses
 def test_killed_encode_resumes_to_the_same_result(catalogue, tmp_path):
     catalogue.save_to_disk(str(tmp_path / "data"))
     script = tmp_path / "encode_script.py"
@@ -268,7 +269,7 @@ def test_filtered_approximate_search_and_its_exact_fallback(monkeypatch):
     assert np.mean([len(set(a) & set(e)) / 20 for a, e in zip(hits, exact)]) >= 0.8
     # when the graph finds fewer than k products (-1 ids), the rest comes from exact search
     dry = (np.zeros((4, 20), np.float32), np.full((4, 20), -1, np.int64))
-    monkeypatch.setattr(index_module, "approximate_search", lambda *args, **kwargs: dry)
+    monkeypatch.setattr(catalogue_index_module, "approximate_search", lambda *args, **kwargs: dry)
     hits = index.search(q, k=20, filters=["colour: red", "size: large"])
     assert [[int(h.product_id[1:]) for h in r] for r in hits] == exact
 

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from clipita.evaluation import METRIC_PATH, load_metric, metric_module
+from clipita.metrics import METRIC_PATH, metric_module
+
+
+def load_metric(**kwargs):
+    """The metric as an `evaluate.EvaluationModule` (``evaluate.load`` on the local folder, offline)."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_PATH), **kwargs)
+
 
 scores_of = metric_module()
 

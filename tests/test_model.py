@@ -1,16 +1,22 @@
-"""CLIPITAModel, CLIPITAConfig, CLIPITAProcessor: shapes, loss, loading as remote code, bad input."""
+"""CLIPITAModel, CLIPITAConfig, CLIPITAProcessor: shapes, loss, loading as remote code, bad input, and the
+training setup's freezing."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from configuration_clipita import CLIPITAConfig
+from clipita.bootstrap import register_auto_classes
+from clipita.training.arguments import parse_args
+from clipita.training.model_setup import build_model
+from configuration_clipita import DEFAULT_LEARNABLE_TEMPERATURE, DEFAULT_TEMPERATURE, CLIPITAConfig
 from modeling_clipita import CLIPITAModel, clipita_contrastive_loss
 from tests.conftest import run_clean_python, tiny_model
 
@@ -106,9 +112,11 @@ def test_multi_positive_loss_drops_same_category_negatives():
     assert not torch.allclose(got, clipita_contrastive_loss(c, p, 1.0))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_save_and_load_as_remote_code_in_a_clean_process(tmp_path):
     model, processor = tiny_model()
     folder = tmp_path / "clip-ita"
+    register_auto_classes()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
@@ -161,11 +169,11 @@ def test_from_clip_copies_clip_weights_exactly(tmp_path):
     with torch.no_grad():
         plain_image = clip.get_image_features(pixel_values=pixels).pooler_output
         plain_text = clip.get_text_features(input_ids=ids).pooler_output
-        assert torch.equal(model._clip_image(pixels), plain_image)
-        assert torch.equal(model._clip_text(ids, None), plain_text)
-        assert torch.allclose(
-            model.get_image_features(pixels), torch.nn.functional.normalize(plain_image, dim=-1)
-        )
+        # same names, same meaning as transformers' CLIPModel: output objects, projected, not normalised
+        image, text = model.get_image_features(pixels), model.get_text_features(ids)
+        assert isinstance(image, BaseModelOutputWithPooling) and isinstance(text, BaseModelOutputWithPooling)
+        assert torch.equal(image.pooler_output, plain_image)
+        assert torch.equal(text.pooler_output, plain_text)
     for name, tensor in clip.state_dict().items():
         assert torch.equal(model.clip.state_dict()[name], tensor), name
 
@@ -207,6 +215,9 @@ def test_processor_handles_awkward_products(tiny):
     batch = processor(images=images, titles=titles, attributes=attributes, categories=["Mugs"] * 5)
     assert batch["pixel_values"].shape == (5, 3, 32, 32)
     assert batch["title_input_ids"].shape[1] <= 77  # the 500-word title is truncated
+    # to the text tower's positions, which the tokenizer's limit comes from
+    positions = model.config.clip_config.text_config.max_position_embeddings
+    assert processor.tokenizer.model_max_length == positions == batch["title_input_ids"].shape[1]
     assert batch["attribute_input_ids"].shape[:2] == (5, processor.max_attributes)
     assert batch["attribute_mask"].sum(1).tolist() == [0, 2, 1, 0, processor.max_attributes]
     transparent_red = processor.image_processor(images=[Image.new("RGB", (33, 33), (255, 255, 255))])
@@ -264,14 +275,83 @@ def test_config_validates_its_knobs():
     assert CLIPITAConfig.for_variant("clip-ia").product_modalities == ["image", "attributes"]
 
 
-def test_frozen_towers_stay_frozen_after_reload(tmp_path):
-    model, processor = tiny_model(freeze_vision_tower=True, freeze_text_tower=True)
+def test_training_setup_freezes_what_the_args_say_also_on_resume(tmp_path):
+    from datasets import Dataset
+
+    rows = Dataset.from_dict(
+        {
+            "title": ["red ceramic mug"] * 4,
+            "attributes": [["colour: red"]] * 4,
+            "category": [["Home", "Mugs"]] * 4,
+        }
+    )
+    tiny = ["--hidden_size", "32", "--num_hidden_layers", "1", "--image_size", "32"]
+
+    def assert_frozen(model, vision, text):
+        clip = model.clip
+        for modules, frozen in (
+            ((clip.vision_model, clip.visual_projection), vision),
+            ((clip.text_model, clip.text_projection), text),
+        ):
+            assert all(p.requires_grad != frozen for m in modules for p in m.parameters())
+        assert not clip.logit_scale.requires_grad  # unused: CLIP-ITA has its own temperature
+        assert all(p.requires_grad for p in model.product_head.parameters())
+        assert all(p.requires_grad for p in model.attribute_projection.parameters())
+
+    for flags, vision, text in (
+        (["--freeze_towers"], True, True),
+        (["--freeze_vision"], True, False),
+        ([], False, False),
+    ):
+        args = parse_args([*tiny, *flags])
+        model, _ = build_model(args, rows)
+        assert_frozen(model, vision, text)
+        # a resumed run builds its model the same way, then loads the checkpoint's weights into it
+        state = {k: v + 1 for k, v in model.state_dict().items()}
+        resumed, _ = build_model(args, rows)
+        resumed.load_state_dict(state)
+        assert_frozen(resumed, vision, text)
+        if vision and text:
+            resumed.save_pretrained(tmp_path)
+    # freezing is the run's choice, not the model's: a saved model loads with everything trainable
+    assert "freeze" not in (tmp_path / "config.json").read_text()
+    reloaded = CLIPITAModel.from_pretrained(tmp_path)
+    assert all(p.requires_grad for name, p in reloaded.named_parameters() if name != "clip.logit_scale")
+
+
+def test_one_temperature_default_for_config_command_line_and_default_model():
+    config = CLIPITAConfig()
+    args = parse_args([])
+    model, _ = tiny_model()
+    assert config.contrastive_temperature == args.temperature == DEFAULT_TEMPERATURE
+    assert config.learnable_temperature == args.learnable_temperature == DEFAULT_LEARNABLE_TEMPERATURE
+    assert model.config.contrastive_temperature == DEFAULT_TEMPERATURE
+    assert torch.allclose(model.logit_scale, torch.tensor(math.log(1 / DEFAULT_TEMPERATURE)))
+    assert model.logit_scale.requires_grad == DEFAULT_LEARNABLE_TEMPERATURE
+
+
+def test_a_fixed_temperature_stays_fixed_after_reload(tmp_path):
+    model, _ = tiny_model(contrastive_temperature=1.0, learnable_temperature=False)
     model.save_pretrained(tmp_path)
     reloaded = CLIPITAModel.from_pretrained(tmp_path)
     for m in (model, reloaded):
-        assert not any(p.requires_grad for p in m.clip.parameters())
-        assert all(p.requires_grad for p in m.product_head.parameters())
-        assert all(p.requires_grad for p in m.attribute_projection.parameters())
+        assert not m.logit_scale.requires_grad and m.logit_scale.item() == 0.0
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_importing_bootstrap_registers_no_auto_class(tmp_path):
+    code = """
+import clipita.bootstrap
+from configuration_clipita import CLIPITAConfig
+from modeling_clipita import CLIPITAModel
+from processing_clipita import CLIPITAProcessor
+assert CLIPITAModel._auto_class is None and CLIPITAConfig._auto_class is None
+assert CLIPITAProcessor._auto_class is None
+clipita.bootstrap.register_auto_classes()
+assert CLIPITAModel._auto_class == "AutoModel" and CLIPITAProcessor._auto_class == "AutoProcessor"
+print("explicit")
+"""
+    assert "explicit" in run_clean_python(code, cwd=tmp_path).stdout
 
 
 def test_encode_helpers_leave_the_model_trainable(tiny):
@@ -288,6 +368,26 @@ def test_encode_helpers_leave_the_model_trainable(tiny):
     ).sum()
     loss.backward()
     assert model.category_head.layers[0].weight.grad is not None
+
+
+def test_forward_passes_transformers_kwargs_on_to_the_towers(tiny):
+    model, processor = tiny
+    model.set_attn_implementation("eager")  # attention weights need eager attention
+    images, titles, attributes = products(3)
+    attributes[0] = ["colour: red"]
+    batch = processor(images=images, titles=titles, attributes=attributes, categories=["a", "b", "c"])
+    out = model(**batch, output_attentions=True, output_hidden_states=True)
+    layers = model.config.clip_config.text_config.num_hidden_layers
+    towers = ("vision_model_output", "title_model_output", "attribute_model_output", "category_model_output")
+    for name in towers:
+        tower = getattr(out, name)
+        assert len(tower.attentions) == layers and len(tower.hidden_states) == layers + 1, name
+    assert out.attribute_model_output.pooler_output.shape[0] == int(batch["attribute_mask"].sum())
+    plain = model(**batch)
+    assert plain.vision_model_output.attentions is None
+    assert torch.allclose(out.product_embeds, plain.product_embeds, atol=1e-6)
+    as_tuple = model(**batch, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], plain.logits_per_category)
 
 
 def test_gradient_checkpointing_and_attention_pass_through():

@@ -13,7 +13,7 @@ from huggingface_hub.repocard import metadata_load, metadata_save
 from PIL import Image
 
 import release as release_cli
-from clipita import hub
+from clipita import hub, secrets
 from clipita.card import render_model_card
 from clipita.hub import ReleaseError, check_index_folder, check_release_folder, push_folder
 from clipita.index import CatalogueIndex
@@ -176,7 +176,7 @@ def test_env_token_is_found_but_never_printed(folder, monkeypatch):
 
 
 def test_secret_scan_reads_big_files_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "SCAN_CHUNK", 1000)
+    monkeypatch.setattr(secrets, "SCAN_CHUNK", 1000)
     filler = bytes(range(256)) * 4
     (tmp_path / "embeddings.npy").write_bytes(
         filler[:990] + f" {FAKE_TOKEN} ".encode() + filler
@@ -186,6 +186,7 @@ def test_secret_scan_reads_big_files_in_chunks(tmp_path, monkeypatch):
     assert problems == ["embeddings.npy contains a string shaped like a Hugging Face access token (hf_...)"]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_folder_loads_offline_in_a_clean_process(built, tmp_path, monkeypatch):
     folder, model, processor = built
     images, titles, attributes = product_inputs()

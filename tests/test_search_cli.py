@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import search as search_cli
-from clipita.bootstrap import build_default_model
+from clipita.bootstrap import build_default_model, register_auto_classes
 from clipita.catalogue import generate_catalogue
 from tests.conftest import TINY_TEXTS
 
@@ -24,6 +24,7 @@ def built(tmp_path_factory):
     """(tmp folder, index folder, its test-split size) after `search.py build` with the 32-d model."""
     tmp = tmp_path_factory.mktemp("search_cli")
     generate_catalogue(tmp / "catalogue", num_products=200, progress=False)
+    register_auto_classes()  # the folders get their auto_map and code files: search.py loads remote code
     for dim in (32, 64):
         model, processor = build_default_model(TINY_TEXTS, hidden_size=dim, layers=1, image_size=32)
         model.save_pretrained(tmp / f"model{dim}")
@@ -84,6 +85,7 @@ def test_query_filters_and_plain_text_output(built, capsys):
     assert out.startswith("query: 'Mugs' (2 products)") and "  1. " in out and "  2. " in out
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_query_errors_are_clear(built, capsys):
     tmp, index, _ = built
     assert search_cli.main(["query", "--index", str(index), "  "]) == 2

@@ -1,15 +1,18 @@
 """The Space end to end: `python space/app.py` serves two tiny variants over a tiny catalogue (configured by
 CLIPITA_MODEL / CLIPITA_INDEX, port by GRADIO_SERVER_PORT); gradio_client calls both named endpoints.
 
+Tests that need the running Space are marked `slow` (building the fixtures and starting the server is
+most of this file's time); the pieces without a server are not.
+
 The endpoints are checked against the same model and index queried directly in this process, so an
 answer that is not the index's own top-k (wrong model, wrong variant, lost order, wrong images) fails.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,24 +28,14 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from clipita.index import CatalogueIndex, search
+from clipita.tree import CategoryTree
+from space import answers, app, variants
 from tests.helpers.tiny_catalogue import tiny_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_PATH = ROOT / "space" / "app.py"
 VARIANTS = ("clip-ita", "clip-i")
 START_TIMEOUT_S = 240
-
-
-def load_app_module():
-    """space/app.py as a module (it is a script, not part of the clipita package)."""
-    spec = importlib.util.spec_from_file_location("clipita_space_app", APP_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-app = load_app_module()
 
 
 def free_port() -> int:
@@ -78,7 +71,7 @@ class RunningSpace:
 def build_variant(variant: str, catalogue, catalogue_dir: Path, root: Path):
     """A tiny from-scratch model of `variant`, saved, and its index of the train split built by search.py."""
     import search as search_cli
-    from clipita.bootstrap import build_default_model
+    from clipita.bootstrap import build_default_model, register_auto_classes
 
     rows = catalogue["train"]
     texts = list(rows["title"]) + [a for row in rows["attributes"] for a in row]
@@ -87,6 +80,7 @@ def build_variant(variant: str, catalogue, catalogue_dir: Path, root: Path):
         texts, variant=variant, hidden_size=32, layers=1, image_size=32, vocab_size=256
     )
     model_dir, index_dir = root / f"model-{variant}", root / f"index-{variant}"
+    register_auto_classes()  # the folder gets its auto_map and code files: the Space loads its remote code
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     argv = ["build", "--model", str(model_dir), "--dataset", str(catalogue_dir), "--split", "train"]
@@ -175,6 +169,7 @@ def category_nodes(space: RunningSpace, variant: str = "clip-ita") -> set[str]:
 # ----- /search_category ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_api_names_both_endpoints_with_optional_extras(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/search_category", "/classify_image"} <= set(endpoints)
@@ -188,6 +183,7 @@ def test_api_names_both_endpoints_with_optional_extras(client):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_search_category_returns_the_index_top_k_with_images(space, client, variant):
     query = "Home > Home Indoor > Red Things"  # a seen category
@@ -206,15 +202,17 @@ def test_search_category_returns_the_index_top_k_with_images(space, client, vari
     assert " ms" in latency and variant in latency
 
 
+@pytest.mark.slow
 def test_search_category_variants_answer_with_their_own_model(client):
     ita = client.predict("Blue Things", 10, "clip-ita", api_name="/search_category")[1]
     i = client.predict("Blue Things", 10, "clip-i", api_name="/search_category")[1]
     assert [r["score"] for r in ita] != [r["score"] for r in i]
 
 
+@pytest.mark.slow
 def test_search_category_takes_any_text_and_defaults_k(space, client):
     gallery, records, _ = client.predict("striped velvet armchair for cats", api_name="/search_category")
-    assert len(gallery) == len(records) == app.DEFAULT_K
+    assert len(gallery) == len(records) == answers.DEFAULT_K
     products = set(space.indexes["clip-ita"].metadata.column("product_id").to_pylist())
     assert {r["product_id"] for r in records} <= products
 
@@ -241,6 +239,7 @@ def expected_categories(
     return [nodes[i] for i in np.argsort(-(embeds @ product))]
 
 
+@pytest.mark.slow
 def test_classify_image_ranks_the_catalogue_categories(space, client, tmp_path):
     path, product = product_png(space, tmp_path)
     attributes = ", ".join(product["attributes"])
@@ -260,10 +259,11 @@ def test_classify_image_ranks_the_catalogue_categories(space, client, tmp_path):
     assert " ms" in latency
 
 
+@pytest.mark.slow
 def test_classify_image_needs_only_the_image(space, client, tmp_path):
     path, _ = product_png(space, tmp_path, row=1)
     label, _ = client.predict(handle_file(str(path)), api_name="/classify_image")
-    assert len(label["confidences"]) == app.DEFAULT_TOP_CATEGORIES
+    assert len(label["confidences"]) == answers.DEFAULT_TOP_CATEGORIES
     expected = expected_categories(space, "clip-ita", Image.open(path), "", [])
     assert label["label"] == expected[0]
 
@@ -271,18 +271,21 @@ def test_classify_image_needs_only_the_image(space, client, tmp_path):
 # ----- bad input: a message, and the server keeps answering --------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query", ["", "   ", " > "])
 def test_empty_query_gets_a_message(client, query):
     with pytest.raises(AppError, match="Type a category"):
         client.predict(query, 5, api_name="/search_category")
 
 
-@pytest.mark.parametrize("k", [0, app.MAX_K + 1, 2.5])
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [0, answers.MAX_K + 1, 2.5])
 def test_out_of_range_k_gets_a_message(client, k):
     with pytest.raises(AppError, match="minimum value|maximum value|whole number"):
         client.predict("Red Things", k, api_name="/search_category")
 
 
+@pytest.mark.slow
 def test_non_image_upload_gets_a_message(client, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("not an image")
@@ -290,6 +293,7 @@ def test_non_image_upload_gets_a_message(client, tmp_path):
         client.predict(handle_file(str(path)), api_name="/classify_image")
 
 
+@pytest.mark.slow
 def test_huge_image_gets_a_message(client, tmp_path):
     path = tmp_path / "huge.png"  # 81 megapixels, a few hundred kB on disk
     Image.new("L", (9000, 9000), 128).save(path, optimize=True)
@@ -297,6 +301,7 @@ def test_huge_image_gets_a_message(client, tmp_path):
         client.predict(handle_file(str(path)), api_name="/classify_image")
 
 
+@pytest.mark.slow
 def test_damaged_image_gets_a_message(client, tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, format="PNG")
@@ -306,6 +311,7 @@ def test_damaged_image_gets_a_message(client, tmp_path):
         client.predict(handle_file(str(path)), api_name="/classify_image")
 
 
+@pytest.mark.slow
 def test_server_survives_bad_input(space, client):
     with pytest.raises(AppError):
         client.predict("", api_name="/search_category")
@@ -317,7 +323,7 @@ def test_server_survives_bad_input(space, client):
 
 
 def test_category_tree_lists_every_node_root_to_leaf():
-    tree = app.CategoryTree(
+    tree = CategoryTree(
         [["Home", "Kitchen", "Mugs"], ["Home", "Kitchen", "Bowls"], ["Home", "Decor"], ["Toys"]]
     )
     assert tree.children() == ["Home", "Toys"]
@@ -335,16 +341,17 @@ def test_category_tree_lists_every_node_root_to_leaf():
 
 
 def test_attribute_text_splits_on_commas_and_lines():
-    assert app.split_attributes("colour: red, material: ceramic\nsize:  L \n\n") == [
+    assert answers.split_attributes("colour: red, material: ceramic\nsize:  L \n\n") == [
         "colour: red",
         "material: ceramic",
         "size:  L",
     ]
-    assert app.split_attributes(None) == [] and app.split_attributes("  ") == []
+    assert answers.split_attributes(None) == [] and answers.split_attributes("  ") == []
 
 
+@pytest.mark.slow
 def test_index_alone_brings_its_model_and_catalogue(space, tmp_path):
-    (variant,) = app.load_variants([None], [str(space.index_dirs["clip-i"])], cache_dir=tmp_path)
+    (variant,) = variants.load_variants([None], [str(space.index_dirs["clip-i"])], cache_dir=tmp_path)
     assert variant.source == space.indexes["clip-i"].manifest["model"]["name_or_path"]
     assert variant.model.config.variant == variant.name == "clip-i"
     assert set(variant.category_paths) == category_nodes(space, "clip-i")
@@ -362,6 +369,29 @@ def test_space_card_front_matter_points_at_the_app():
     assert card.models and card.datasets and len(card.short_description) <= 60
     requirements = (ROOT / "space" / "requirements.txt").read_text()
     assert "gradio" in requirements and "faiss-cpu" in requirements
+
+
+def test_space_requirements_are_the_packages_core_index_and_space_dependencies():
+    """space/requirements.txt installs on the Hub what `pip install clip-ita[space]` installs here."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def expand(requirements: list[str]) -> set[str]:
+        out = set()
+        for line in requirements:
+            req = Requirement(line)
+            if req.name == project["name"]:  # a self-reference, clip-ita[index]
+                out |= expand([r for extra in req.extras for r in project["optional-dependencies"][extra]])
+            else:
+                out.add(f"{req.name.lower().replace('_', '-')}{req.specifier}")
+        return out
+
+    wanted = expand([*project["dependencies"], *project["optional-dependencies"]["space"]])
+    lines = (ROOT / "space" / "requirements.txt").read_text().splitlines()
+    listed = expand([line for line in lines if line.strip() and not line.startswith("#")])
+    assert listed == wanted
 
 
 def test_command_line_reads_env_and_flags(monkeypatch):
@@ -383,3 +413,19 @@ def test_command_line_reads_env_and_flags(monkeypatch):
 def test_a_missing_index_is_an_error_message_not_a_traceback(tmp_path, capsys):
     assert app.main(["--index", str(tmp_path / "no-index")]) == 2
     assert "no-index is not an index folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_latency_benchmark_times_queries_in_process_and_through_the_api(space, capsys):
+    from bench import space_latency
+
+    assert space_latency.main(["--index", str(space.index_dirs["clip-i"]), "--queries", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "device: " in out and "torch threads" in out
+    products = len(space.indexes["clip-i"])
+    assert re.search(
+        rf"^clip-i: {products} products, k={answers.DEFAULT_K}, 2 queries: median [\d.]+ ms in process "
+        r"\(max [\d.]+\), median [\d.]+ ms through the API \(max [\d.]+\)$",
+        out,
+        re.M,
+    ), out

@@ -2,7 +2,8 @@
 Search and sees product images in the gallery; walking the category tree fills the query and searches;
 the variant switch picks the model; an empty query shows a message.
 
-Needs /usr/bin/chromium: run scripts/install_browser.sh first (CI does). Without it this test fails.
+Needs /usr/bin/chromium: scripts/test.sh installs it (scripts/install_browser.sh) when these tests are
+selected and it is missing. Without it this test fails.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_space import app, start_space
+from space.answers import DEFAULT_K
+from tests.test_space import start_space
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -24,7 +28,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 60_000
-DEFAULT_K = app.DEFAULT_K
 
 
 @pytest.fixture(scope="session")  # session: the server it shares with test_space.py stops at the end only

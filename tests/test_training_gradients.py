@@ -107,13 +107,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess  # accelerate launch, two processes
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path):
     """Two CPU processes (gloo): gathered negatives, DDP averaging accounted for."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
         "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        str(ROOT / "tests" / "helpers" / "distributed_check.py"), "--out", str(tmp_path),
+        "-m", "tests.helpers.distributed_check", "--out", str(tmp_path),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -41,10 +41,11 @@ def finished(tmp_path_factory):
 
 def run_helper(*argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    command = [sys.executable, str(ROOT / "tests" / "helpers" / "train_tiny.py"), *argv]
+    command = [sys.executable, "-m", "tests.helpers.train_tiny", *argv]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a training run
 def test_output_dir_is_the_model_folder_with_the_training_record(finished):
     output_dir, metrics = finished
     files = {p.name for p in output_dir.iterdir()}
@@ -66,6 +67,7 @@ def test_output_dir_is_the_model_folder_with_the_training_record(finished):
     )
 
 
+@pytest.mark.slow  # a training run
 def test_metrics_compare_the_best_model_with_the_untrained_one(finished):
     output_dir, metrics = finished
     validation = metrics["validation"]
@@ -86,6 +88,7 @@ def test_metrics_compare_the_best_model_with_the_untrained_one(finished):
     assert best["step"] == 12 or any(not torch.equal(exported[k], last[k]) for k in last)
 
 
+@pytest.mark.slow  # a training run
 def test_output_loads_as_remote_code_in_a_clean_process(finished, tmp_path):
     output_dir, _ = finished
     from modeling_clipita import CLIPITAModel
@@ -109,6 +112,7 @@ print("loaded")
     assert "loaded" in run_clean_python(code, cwd=tmp_path).stdout
 
 
+@pytest.mark.slow  # a training run
 def test_kill_while_saving_then_resume_reaches_the_same_weights(finished, tmp_path):
     reference_dir, reference_metrics = finished
     output_dir = tmp_path / "clip-ita"
@@ -135,12 +139,14 @@ def test_kill_while_saving_then_resume_reaches_the_same_weights(finished, tmp_pa
     )
 
 
+@pytest.mark.slow  # a training run
 def test_refuses_to_start_over_an_earlier_run(finished):
     output_dir, _ = finished
     with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
         train(parse_args(tiny_args(output_dir, "--max_steps", "1")), dataset=tiny_catalogue())
 
 
+@pytest.mark.slow  # a training run
 def test_nan_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path, monkeypatch):
     step = trainer.contrastive_step
     calls = []
@@ -183,6 +189,7 @@ def tiny_clip_folder(folder):
     return folder
 
 
+@pytest.mark.slow  # a training run
 def test_base_model_run_with_frozen_vision_and_the_other_knobs(tmp_path):
     """--base_model through from_clip, loaded by the catalogue loader from a saved dataset, with accumulation,
     multi-positive loss, general categories, attention pooling, checkpointing and tensorboard."""
@@ -200,7 +207,8 @@ def test_base_model_run_with_frozen_vision_and_the_other_knobs(tmp_path):
     assert metrics["train"]["global_batch_size"] == 8 and metrics["train"]["steps"] == 2
     config = json.loads((output_dir / "config.json").read_text())
     assert config["base_clip_model"] == str(base) and config["loss_type"] == "multi_positive"
-    assert config["attribute_pooling"] == "attention" and config["freeze_vision_tower"]
+    assert config["attribute_pooling"] == "attention"
+    assert not any(key.startswith("freeze_") for key in config)  # a training choice, not the model's
     trained = load_file(output_dir / "model.safetensors")
     original = load_file(base / "model.safetensors")
     vision = [k for k in original if k.startswith("vision_model.")]
@@ -214,6 +222,7 @@ def test_base_model_run_with_frozen_vision_and_the_other_knobs(tmp_path):
     assert list((output_dir / "logs").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow  # a training run
 def test_push_to_hub_checks_then_uploads_the_model_folder_only(finished, monkeypatch):
     output_dir, _ = finished
     calls = {"create": []}

@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from clipita.schema import modality_columns
 from clipita.training import checkpoints as ckpt
 from clipita.training.arguments import parse_args
-from clipita.training.collate import (
-    CategoryVocabulary,
-    EpochSampler,
-    PairCollator,
-    TrainingPairs,
-    category_node,
-    dataset_columns,
-)
-from clipita.training.model_setup import optimizer_groups
+from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
+from clipita.training.model_setup import freeze_towers, optimizer_groups
+from clipita.tree import NodeVocabulary, node_at_level
 from tests.conftest import tiny_model
 from tests.helpers.tiny_catalogue import tiny_catalogue
 
@@ -26,14 +21,14 @@ PATH = ["Home", "Home Kitchen", "Mugs"]
 
 
 def test_category_levels_pick_the_papers_nodes():
-    assert category_node(PATH, "general") == ("Home",)
-    assert category_node(PATH, "specific") == tuple(PATH)
-    drawn = {category_node(PATH, "all", np.random.default_rng(i)) for i in range(200)}
+    assert node_at_level(PATH, "general") == ("Home",)
+    assert node_at_level(PATH, "specific") == tuple(PATH)
+    drawn = {node_at_level(PATH, "all", np.random.default_rng(i)) for i in range(200)}
     assert drawn == {("Home",), ("Home", "Home Kitchen"), tuple(PATH)}  # every node on the path, nothing else
     with pytest.raises(ValueError, match="unknown category level"):
-        category_node(PATH, "leafy")
+        node_at_level(PATH, "leafy")
     with pytest.raises(ValueError, match="empty category path"):
-        category_node([], "general")
+        node_at_level([], "general")
 
 
 def test_pairs_depend_on_seed_epoch_and_index_only():
@@ -61,8 +56,8 @@ def test_epoch_sampler_is_a_permutation_fixed_by_seed_and_epoch():
 def test_collator_builds_model_inputs_and_category_ids():
     model, processor = tiny_model("clip-ia")
     rows = tiny_catalogue(num_train=12, num_validation=2)["train"]
-    pairs = TrainingPairs(rows, "general", seed=0, columns=dataset_columns(model.config.product_modalities))
-    vocabulary = CategoryVocabulary(rows["category"])
+    pairs = TrainingPairs(rows, "general", seed=0, columns=modality_columns(model.config.product_modalities))
+    vocabulary = NodeVocabulary(rows["category"])
     batch = PairCollator(processor, vocabulary, model.config.product_modalities)(
         [pairs[i] for i in range(12)]
     )
@@ -76,7 +71,7 @@ def test_collator_builds_model_inputs_and_category_ids():
 
 
 def test_vocabulary_keeps_equal_names_in_different_branches_apart():
-    vocabulary = CategoryVocabulary([["Men", "Shoes"], ["Women", "Shoes"]])
+    vocabulary = NodeVocabulary([["Men", "Shoes"], ["Women", "Shoes"]])
     assert vocabulary[("Men", "Shoes")] != vocabulary[("Women", "Shoes")]
     assert len(vocabulary) == 4 and vocabulary[("Kids",)] == 4  # a new node gets the next id
 
@@ -176,7 +171,8 @@ def test_a_tracker_that_is_not_installed_is_an_error(monkeypatch, capsys):
 
 
 def test_optimizer_groups_separate_towers_heads_and_decay():
-    model, _ = tiny_model(freeze_vision_tower=True)
+    model, _ = tiny_model()
+    freeze_towers(model, vision=True, text=False)
     args = parse_args(["--learning_rate", "1e-3", "--tower_learning_rate", "1e-5", "--weight_decay", "0.2"])
     groups = {g["name"]: g for g in optimizer_groups(model, args)}
     assert groups["towers"]["lr"] == 1e-5 and groups["heads"]["lr"] == 1e-3
@@ -186,3 +182,19 @@ def test_optimizer_groups_separate_towers_heads_and_decay():
     assert all(id(p) not in grouped for p in model.clip.vision_model.parameters())  # frozen: left out
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(grouped) == len(trainable)
+
+
+def test_trainer_state_round_trips_through_trainer_state_json(tmp_path):
+    state = ckpt.TrainerState(steps_per_epoch=3, global_batch_size=8, tokenizer="ab12")
+    state.losses.append([1, 0.5])
+    state.best = {"step": 1, "mAP@10": 0.25}
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    (folder / ckpt.STATE_FILE).write_text(json.dumps(state.to_json()))
+    assert ckpt.load_trainer_state(folder) == state and state.best_step == 1
+    assert list(state.to_json()) == [
+        "global_step", "steps_per_epoch", "global_batch_size", "tokenizer", "samples", "train_seconds",
+        "skipped_rows", "load_report", "losses", "evaluations", "best", "checkpoint_best_step",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown keys"):
+        ckpt.TrainerState.from_json({**state.to_json(), "extra": 1})

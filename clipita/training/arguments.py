@@ -1,5 +1,5 @@
 """The command line of train.py: every knob of a training run, with defaults that train the small
-from-scratch model on the embedded catalogue in minutes on a laptop CPU."""
+from-scratch model on the embedded demo catalogue."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ import argparse
 import importlib.util
 from collections.abc import Sequence
 
-from clipita.training.collate import CATEGORY_LEVELS
-from configuration_clipita import ATTRIBUTE_POOLINGS, LOSSES, VARIANTS
+from clipita.tree import LEVELS
+from configuration_clipita import (
+    ATTRIBUTE_POOLINGS,
+    DEFAULT_LEARNABLE_TEMPERATURE,
+    DEFAULT_TEMPERATURE,
+    LOSSES,
+    VARIANTS,
+)
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 TRACKERS = ("tensorboard", "trackio", "none")
-DEFAULT_MAX_STEPS = 800  # the default model learns the demo catalogue in a few minutes on 2 CPU cores
+DEFAULT_MAX_STEPS = 800  # enough for the default model to learn the demo catalogue
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipita.data import add_loader_arguments
+    from clipita.cli import add_loader_arguments
 
     parser = argparse.ArgumentParser(
         prog="train.py",
@@ -65,14 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--temperature",
         type=float,
-        default=0.07,
-        help="initial softmax temperature (the paper: 1.0, fixed)",
+        default=DEFAULT_TEMPERATURE,
+        help="initial softmax temperature (default: the model config's; the paper: 1.0, fixed)",
     )
     model.add_argument(
         "--learnable_temperature",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="learn the temperature (CLIP's logit scale)",
+        default=DEFAULT_LEARNABLE_TEMPERATURE,
+        help="learn the temperature (CLIP's logit scale; default: the model config's)",
     )
     model.add_argument(
         "--category_format",
@@ -93,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=0)
     training.add_argument(
         "--category_level",
-        choices=CATEGORY_LEVELS,
+        choices=tuple(LEVELS),
         default="all",
         help="which node of a product's path it is trained against: a random one (all), the root (general) "
         "or the leaf (specific)",

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from clipita.fileio import publish_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -32,37 +35,42 @@ _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 _BEST_NAME = re.compile(rf"^{BEST_PREFIX}(\d+)$")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+@dataclass(kw_only=True)
+class TrainerState:
+    """What a run has done so far; saved with every checkpoint as trainer_state.json (keys in this order).
 
+    `SHAPE` names the fields that identify the run's shape: a resumed run must match them.
+    """
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    SHAPE: ClassVar[tuple[str, ...]] = ("global_batch_size", "steps_per_epoch", "tokenizer")
 
+    global_step: int = 0
+    steps_per_epoch: int
+    global_batch_size: int
+    tokenizer: str  # fingerprint of the tokenizer's vocabulary
+    samples: int = 0
+    train_seconds: float = 0.0
+    skipped_rows: int = 0  # unreadable training rows replaced by their neighbours (all processes)
+    load_report: str | None = None  # what the catalogue loader skipped; None when the caller gave the data
+    losses: list[list[float]] = field(default_factory=list)  # [step, loss] per step
+    evaluations: list[dict] = field(default_factory=list)  # {"step", "overall", "seen", "unseen", ...}
+    best: dict | None = None  # {"step", PRIMARY_METRIC} of the best evaluation so far
+    checkpoint_best_step: int | None = None  # the best folder the latest checkpoint relies on
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Mark `tmp` complete and rename it to `final` (replacing an older `final`)."""
-    (tmp / COMPLETE).write_text("")
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    @property
+    def best_step(self) -> int | None:
+        return None if self.best is None else self.best.get("step")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainerState:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{STATE_FILE}: unknown keys {unknown}")
+        return cls(**data)
 
 
 def is_complete(path: Path) -> bool:
@@ -125,7 +133,11 @@ def rotate(checkpoints_dir: Path, total_limit: int | None) -> None:
 
 
 def save_checkpoint(
-    accelerator, checkpoints_dir: Path, step: int, trainer_state: dict, total_limit: int | None = None
+    accelerator,
+    checkpoints_dir: Path,
+    step: int,
+    trainer_state: TrainerState,
+    total_limit: int | None = None,
 ) -> Path:
     """Save Accelerate's full state (model, optimizer, scheduler, RNG, scaler) plus `trainer_state`.
 
@@ -141,15 +153,15 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / STATE_FILE, trainer_state)
-        _publish(tmp, final)
+        write_json(tmp / STATE_FILE, trainer_state.to_json())
+        publish_dir(tmp, final, COMPLETE)
         rotate(checkpoints_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_trainer_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_FILE).read_text())
+def load_trainer_state(checkpoint: Path) -> TrainerState:
+    return TrainerState.from_json(json.loads((checkpoint / STATE_FILE).read_text()))
 
 
 def best_dir(checkpoints_dir: Path, step: int) -> Path:
@@ -178,7 +190,7 @@ def save_best(checkpoints_dir: Path, model: torch.nn.Module, step: int, info: di
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     save_file(state, str(tmp / BEST_WEIGHTS), metadata={"format": "pt"})
     write_json(tmp / BEST_INFO, info)
-    _publish(tmp, final)
+    publish_dir(tmp, final, COMPLETE)
     return final
 
 

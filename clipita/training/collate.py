@@ -7,50 +7,18 @@ The node is a function of (seed, epoch, product index) and the order of products
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from clipita.encoding import prepare_row
+from clipita.tree import Node, NodeVocabulary, check_level, node_at_level
+
 logger = logging.getLogger(__name__)
 
-Node = tuple[str, ...]
-CATEGORY_LEVELS = ("all", "general", "specific")
 MAX_REPLACEMENTS = 16  # consecutive unreadable rows tolerated before giving up
-
-
-def category_node(path: Sequence[str], level: str, rng: np.random.Generator | None = None) -> Node:
-    """The paper's three settings: the root ("general"), the leaf path ("specific"), or a node drawn
-    uniformly from the path's prefixes ("all", needs `rng`)."""
-    if not path:
-        raise ValueError("empty category path")
-    if level == "general":
-        return (path[0],)
-    if level == "specific":
-        return tuple(path)
-    if level == "all":
-        if rng is None:
-            raise ValueError('category level "all" draws a node at random: pass rng')
-        return tuple(path[: int(rng.integers(1, len(path) + 1))])
-    raise ValueError(f"unknown category level {level!r}; choose one of {CATEGORY_LEVELS}")
-
-
-class CategoryVocabulary:
-    """Integer id for every node (path prefix) of the training tree: the multi-positive loss's labels."""
-
-    def __init__(self, paths: Iterable[Sequence[str]]):
-        self.ids: dict[Node, int] = {}
-        for path in paths:
-            for depth in range(1, len(path) + 1):
-                self.ids.setdefault(tuple(path[:depth]), len(self.ids))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, node: Node) -> int:
-        # A node outside the training tree (never drawn from training rows) still gets a stable id.
-        return self.ids.setdefault(tuple(node), len(self.ids))
 
 
 class TrainingPairs(Dataset):
@@ -62,10 +30,8 @@ class TrainingPairs(Dataset):
     """
 
     def __init__(self, rows, level: str, seed: int, columns: Sequence[str]):
-        if level not in CATEGORY_LEVELS:
-            raise ValueError(f"unknown category level {level!r}; choose one of {CATEGORY_LEVELS}")
+        self.level = check_level(level)
         self.rows = rows.select_columns(list(dict.fromkeys(["category", *columns])))
-        self.level = level
         self.seed = seed
         self.epoch = 0
 
@@ -77,15 +43,13 @@ class TrainingPairs(Dataset):
 
     def node_for(self, index: int, path: Sequence[str]) -> Node:
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.level == "all" else None
-        return category_node(path, self.level, rng)
+        return node_at_level(path, self.level, rng)
 
     def __getitem__(self, index: int) -> dict:
         for attempt in range(MAX_REPLACEMENTS):
             row_index = (index + attempt) % len(self.rows)
             try:
-                row = self.rows[row_index]
-                if "image" in row:
-                    row["image"].load()
+                row = prepare_row(self.rows[row_index])
             except Exception as error:  # a broken image must not end a long run
                 logger.warning("training row %d unreadable (%s); using the next row", row_index, error)
                 continue
@@ -116,7 +80,7 @@ class EpochSampler(Sampler[int]):
 class PairCollator:
     """Rows -> processor tensors for the model's modalities, plus `category_ids` and a skipped-row count."""
 
-    def __init__(self, processor, vocabulary: CategoryVocabulary, modalities: Sequence[str]):
+    def __init__(self, processor, vocabulary: NodeVocabulary, modalities: Sequence[str]):
         self.processor = processor
         self.vocabulary = vocabulary
         self.modalities = list(modalities)
@@ -133,9 +97,3 @@ class PairCollator:
         batch["category_ids"] = torch.tensor([self.vocabulary[row["node"]] for row in rows])
         batch["num_skipped"] = torch.tensor(sum(row["skipped"] for row in rows))
         return batch
-
-
-def dataset_columns(modalities: Sequence[str]) -> list[str]:
-    """Columns of the canonical schema that a model with these modalities reads."""
-    names = {"image": "image", "title": "title", "attributes": "attributes"}
-    return [names[m] for m in modalities]

@@ -9,7 +9,9 @@ import logging
 import math
 from pathlib import Path
 
-from clipita.training.checkpoints import write_json
+from clipita.bootstrap import register_auto_classes
+from clipita.fileio import write_json
+from clipita.training.checkpoints import TrainerState
 from clipita.training.plots import plot_training_curve
 from clipita.training.validation import PRIMARY_METRIC
 
@@ -34,13 +36,12 @@ def loss_summary(losses: list[list[float]]) -> dict:
     }
 
 
-def build_metrics(state: dict, args: argparse.Namespace, wall_seconds: float) -> dict:
+def build_metrics(state: TrainerState, args: argparse.Namespace, wall_seconds: float) -> dict:
     """metrics.json: validation before training, at the best and last evaluation, and training figures."""
-    evaluations = state["evaluations"]
+    evaluations = state.evaluations
     initial = next((e for e in evaluations if e["step"] == 0), None)
-    best = state.get("best")
-    best_eval = next((e for e in evaluations if best and e["step"] == best["step"]), None)
-    train_seconds = state["train_seconds"]
+    best_eval = next((e for e in evaluations if state.best and e["step"] == state.best_step), None)
+    train_seconds = state.train_seconds
     return {
         "category_level": args.category_level,
         "primary_metric": PRIMARY_METRIC,
@@ -51,19 +52,19 @@ def build_metrics(state: dict, args: argparse.Namespace, wall_seconds: float) ->
             "final_model": "best" if best_eval else "last",
         },
         "train": {
-            "steps": state["global_step"],
-            "epochs": state["global_step"] / state["steps_per_epoch"],
-            "global_batch_size": state["global_batch_size"],
-            "samples": state["samples"],
+            "steps": state.global_step,
+            "epochs": state.global_step / state.steps_per_epoch,
+            "global_batch_size": state.global_batch_size,
+            "samples": state.samples,
             "train_seconds": round(train_seconds, 2),
-            "samples_per_second": round(state["samples"] / train_seconds, 2) if train_seconds else None,
+            "samples_per_second": round(state.samples / train_seconds, 2) if train_seconds else None,
             "wall_seconds": round(wall_seconds, 2),
-            "skipped_rows": state.get("skipped_rows", 0),
-            "catalogue_load": state.get("load_report"),
-            "loss": loss_summary(state["losses"]),
+            "skipped_rows": state.skipped_rows,
+            "catalogue_load": state.load_report,
+            "loss": loss_summary(state.losses),
         },
         "history": {
-            "loss": thin(state["losses"], 500),
+            "loss": thin(state.losses, 500),
             "evaluations": [
                 {"step": e["step"], **{k: e["overall"].get(k) for k in ("P@10", "mAP@10")}}
                 for e in evaluations
@@ -82,17 +83,18 @@ def thin(points: list, limit: int) -> list:
 
 
 def write_outputs(
-    output_dir: Path, model, processor, args: argparse.Namespace, state: dict, metrics: dict
+    output_dir: Path, model, processor, args: argparse.Namespace, state: TrainerState, metrics: dict
 ) -> None:
     """Save the model folder and the training record (main process only)."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    register_auto_classes()  # config.json gets its auto_map, and the code files are copied next to it
     model.save_pretrained(output_dir, safe_serialization=True)
     processor.save_pretrained(output_dir)
     write_json(output_dir / ARGS_FILE, vars(args))
     write_json(output_dir / METRICS_FILE, metrics)
-    curve = [{"step": e["step"], **e["overall"]} for e in state["evaluations"]]
+    curve = [{"step": e["step"], **e["overall"]} for e in state.evaluations]
     plot_training_curve(
-        state["losses"], curve, output_dir / CURVE_FILE, title=f"{args.variant}, {args.category_level}"
+        state.losses, curve, output_dir / CURVE_FILE, title=f"{args.variant}, {args.category_level}"
     )
     from clipita.card import render_model_card
 

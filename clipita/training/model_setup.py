@@ -1,5 +1,6 @@
 """The model, processor and optimizer a run starts from: a small CLIP trained from scratch (default) or a
-pretrained Hugging Face CLIP (`--base_model`), with separate learning rates for towers and heads."""
+pretrained Hugging Face CLIP (`--base_model`), the towers frozen as the flags say, with separate learning
+rates for towers and heads."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-import clipita.bootstrap as bootstrap  # also registers the auto classes: save_pretrained writes auto_map
+import clipita.bootstrap as bootstrap
 from configuration_clipita import VARIANTS
 from modeling_clipita import CLIPITAModel
 from processing_clipita import CLIPITAProcessor, attribute_strings
@@ -34,13 +35,36 @@ def model_config_overrides(args: argparse.Namespace) -> dict:
         loss_type=args.loss,
         contrastive_temperature=args.temperature,
         learnable_temperature=args.learnable_temperature,
-        freeze_vision_tower=args.freeze_vision,
-        freeze_text_tower=args.freeze_text,
     )
 
 
+def freeze_towers(model: CLIPITAModel, vision: bool, text: bool) -> None:
+    """Lock the CLIP towers (and their projections) named (paper: both, only the new heads learn).
+
+    A training choice, not part of the saved model: `build_model` applies the flags, for a fresh run and
+    for a resumed one alike (resuming loads weights into the model it builds). CLIP's own logit_scale is
+    always locked: CLIP-ITA uses its own temperature, and an unused trainable parameter would break DDP.
+    """
+    clip = model.clip
+    for module, frozen in (
+        (clip.vision_model, vision),
+        (clip.visual_projection, vision),
+        (clip.text_model, text),
+        (clip.text_projection, text),
+    ):
+        module.requires_grad_(not frozen)
+    clip.logit_scale.requires_grad_(False)
+
+
 def build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLIPITAProcessor]:
-    """`--base_model` through `CLIPITAModel.from_clip`, else `bootstrap.build_default_model`."""
+    """`--base_model` through `CLIPITAModel.from_clip`, else `bootstrap.build_default_model`; then the
+    `--freeze_*` flags."""
+    model, processor = _build_model(args, train_rows)
+    freeze_towers(model, vision=args.freeze_vision, text=args.freeze_text)
+    return model, processor
+
+
+def _build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLIPITAProcessor]:
     if args.base_model:
         from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -50,11 +74,9 @@ def build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLI
         image_processor = AutoImageProcessor.from_pretrained(args.base_model)
         if args.image_size:
             logger.warning("--image_size is ignored with --base_model: the base model's processor decides")
-        processor = CLIPITAProcessor(
-            image_processor,
-            AutoTokenizer.from_pretrained(args.base_model),
-            category_format=args.category_format,
-        )
+        tokenizer = AutoTokenizer.from_pretrained(args.base_model)
+        tokenizer.model_max_length = model.config.clip_config.text_config.max_position_embeddings
+        processor = CLIPITAProcessor(image_processor, tokenizer, category_format=args.category_format)
         return model, processor
     model, processor = bootstrap.build_default_model(
         training_texts(train_rows),

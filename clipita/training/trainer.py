@@ -24,18 +24,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from clipita.schema import modality_columns
 from clipita.training import checkpoints as ckpt
-from clipita.training.collate import (
-    CategoryVocabulary,
-    EpochSampler,
-    PairCollator,
-    TrainingPairs,
-    dataset_columns,
-)
+from clipita.training.checkpoints import TrainerState
+from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
 from clipita.training.export import build_metrics, push_to_hub, write_outputs
 from clipita.training.gradcache import contrastive_step
 from clipita.training.model_setup import build_model, optimizer_groups
 from clipita.training.validation import PRIMARY_METRIC, Validator, flatten_metrics
+from clipita.tree import NodeVocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +127,7 @@ def _load_splits(args: argparse.Namespace, dataset) -> tuple[dict, str | None]:
             None  # the record (training_args.json, card) must not name a catalogue that was not used
         )
     else:
-        from clipita.data import load_from_args
+        from clipita.cli import load_from_args
 
         if getattr(args, "streaming", False):
             raise ValueError(
@@ -143,14 +140,7 @@ def _load_splits(args: argparse.Namespace, dataset) -> tuple[dict, str | None]:
     return dataset, report
 
 
-def train(args: argparse.Namespace, dataset=None) -> dict:
-    """Train per `args` (see `clipita.training.arguments`); returns metrics.json's content.
-
-    `dataset`: splits in the canonical schema (a `DatasetDict`); default: `clipita.data.load_from_args(args)`.
-    """
-    started = time.perf_counter()
-    output_dir = Path(args.output_dir)
-    checkpoints_dir = output_dir / "checkpoints"
+def _accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -160,61 +150,94 @@ def train(args: argparse.Namespace, dataset=None) -> dict:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("clipita").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
-    set_seed(args.seed)
-    resume = _prepare_output_dir(accelerator, args, checkpoints_dir)
+    return accelerator
 
-    splits, load_report = _load_splits(args, dataset)
-    train_rows = _usable_rows(splits["train"], "train")
-    if args.max_train_samples and len(train_rows) > args.max_train_samples:
-        train_rows = train_rows.shuffle(seed=args.seed).select(range(args.max_train_samples))
-    train_paths = [list(p) for p in train_rows["category"]]
 
-    model, processor = build_model(args, train_rows)
-    fingerprint = tokenizer_fingerprint(processor)
-    _check_same_on_all_processes(accelerator, fingerprint)
-    if args.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    modalities = model.config.product_modalities
+class Trainer:
+    """One run: `__init__` sets up data, model, optimizer and (on resumption) the saved state; `fit` runs
+    the steps, evaluating, logging and checkpointing on the way; `finish` exports the final model.
 
-    pairs = TrainingPairs(train_rows, args.category_level, args.seed, dataset_columns(modalities))
-    loader = DataLoader(
-        pairs,
-        batch_size=args.per_device_train_batch_size,
-        sampler=EpochSampler(len(pairs), args.seed),
-        collate_fn=PairCollator(processor, CategoryVocabulary(train_paths), modalities),
-        drop_last=True,
-        num_workers=args.dataloader_num_workers,
-    )
-    optimizer = torch.optim.AdamW(optimizer_groups(model, args), betas=(0.9, 0.98), eps=1e-6)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    Every process builds its own Trainer; evaluation, best-model keeping and export run on the main one.
+    """
 
-    accumulation = args.gradient_accumulation_steps
-    global_batch = args.per_device_train_batch_size * accumulation * accelerator.num_processes
-    steps_per_epoch = len(loader) // accumulation
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(pairs)} training products do not fill one step of {global_batch} pairs "
-            "(per-device batch x accumulation x processes): lower --per_device_train_batch_size"
+    def __init__(self, args: argparse.Namespace, dataset=None):
+        self.started = time.perf_counter()
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.checkpoints_dir = self.output_dir / "checkpoints"
+        self.accelerator = accelerator = _accelerator(args, self.output_dir)
+        set_seed(args.seed)
+        resume = _prepare_output_dir(accelerator, args, self.checkpoints_dir)
+
+        splits, load_report = _load_splits(args, dataset)
+        train_rows = _usable_rows(splits["train"], "train")
+        if args.max_train_samples and len(train_rows) > args.max_train_samples:
+            train_rows = train_rows.shuffle(seed=args.seed).select(range(args.max_train_samples))
+        train_paths = [list(p) for p in train_rows["category"]]
+
+        model, self.processor = build_model(args, train_rows)
+        fingerprint = tokenizer_fingerprint(self.processor)
+        _check_same_on_all_processes(accelerator, fingerprint)
+        if args.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        modalities = model.config.product_modalities
+
+        self.pairs = TrainingPairs(train_rows, args.category_level, args.seed, modality_columns(modalities))
+        loader = DataLoader(
+            self.pairs,
+            batch_size=args.per_device_train_batch_size,
+            sampler=EpochSampler(len(self.pairs), args.seed),
+            collate_fn=PairCollator(self.processor, NodeVocabulary(train_paths), modalities),
+            drop_last=True,
+            num_workers=args.dataloader_num_workers,
         )
-    total_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
-    scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_warmup_steps=min(args.warmup_steps, total_steps),
-        num_training_steps=total_steps,
-    )
-    accelerator.register_for_checkpointing(scheduler)
+        optimizer = torch.optim.AdamW(optimizer_groups(model, args), betas=(0.9, 0.98), eps=1e-6)
+        self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
 
-    validator = None
-    if (
-        args.eval_steps
-        and "validation" in splits
-        and len(splits["validation"])
-        and accelerator.is_main_process
-    ):
-        validator = Validator(
+        self.accumulation = args.gradient_accumulation_steps
+        global_batch = args.per_device_train_batch_size * self.accumulation * accelerator.num_processes
+        steps_per_epoch = len(self.loader) // self.accumulation
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.pairs)} training products do not fill one step of {global_batch} pairs "
+                "(per-device batch x accumulation x processes): lower --per_device_train_batch_size"
+            )
+        self.total_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
+        self.scheduler = get_scheduler(
+            args.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=min(args.warmup_steps, self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.validator = self._validator(splits, modalities, train_paths)
+
+        self.state = TrainerState(
+            steps_per_epoch=steps_per_epoch,
+            global_batch_size=global_batch,
+            tokenizer=fingerprint,
+            load_report=load_report,
+        )
+        self.last_checkpoint: Path | None = None
+        if resume is not None:
+            self._resume(resume)
+        if accelerator.is_main_process and args.report_to != "none":
+            accelerator.init_trackers(TRACKER_PROJECT, config=_tracker_config(args))
+
+    def _validator(self, splits, modalities, train_paths) -> Validator | None:
+        args = self.args
+        if args.eval_steps and "validation" not in splits:
+            logger.warning("no validation split: no evaluation, and the final model is the last one")
+        if not (
+            args.eval_steps
+            and "validation" in splits
+            and len(splits["validation"])
+            and self.accelerator.is_main_process
+        ):
+            return None
+        return Validator(
             splits["validation"],
-            processor,
+            self.processor,
             modalities,
             args.category_level,
             train_paths,
@@ -223,165 +246,191 @@ def train(args: argparse.Namespace, dataset=None) -> dict:
             batch_size=args.per_device_eval_batch_size,
             seed=args.seed,
         )
-    elif args.eval_steps and "validation" not in splits:
-        logger.warning("no validation split: no evaluation, and the final model is the last one")
 
-    state = {
-        "global_step": 0,
-        "steps_per_epoch": steps_per_epoch,
-        "global_batch_size": global_batch,
-        "tokenizer": fingerprint,
-        "samples": 0,
-        "train_seconds": 0.0,
-        "skipped_rows": 0,
-        "load_report": load_report,
-        "losses": [],
-        "evaluations": [],
-        "best": None,
-        "checkpoint_best_step": None,
-    }
-    last_checkpoint = None
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        saved = ckpt.load_trainer_state(resume)
-        for key in ("global_batch_size", "steps_per_epoch", "tokenizer"):
-            if saved[key] != state[key]:
+    def _resume(self, checkpoint: Path) -> None:
+        """Restore Accelerate's state and the trainer state of `checkpoint`, after checking the run's shape."""
+        self.accelerator.load_state(str(checkpoint))
+        saved = ckpt.load_trainer_state(checkpoint)
+        for key in TrainerState.SHAPE:
+            if getattr(saved, key) != getattr(self.state, key):
                 raise ValueError(
-                    f"cannot resume from {resume}: its {key} is {saved[key]}, this run's is {state[key]} "
-                    "(same data, batch size, accumulation and number of processes are needed)"
+                    f"cannot resume from {checkpoint}: its {key} is {getattr(saved, key)}, this run's is "
+                    f"{getattr(self.state, key)} (same data, batch size, accumulation and number of "
+                    "processes are needed)"
                 )
-        state = saved
-        last_checkpoint = resume
-        if accelerator.is_main_process:
-            best_step = (state["best"] or {}).get("step")
-            ckpt.prune_best(checkpoints_dir, keep={best_step})
-            if best_step is not None and best_step not in ckpt.best_steps(checkpoints_dir):
+        self.state = saved
+        self.last_checkpoint = checkpoint
+        if self.accelerator.is_main_process:
+            best_step = saved.best_step
+            ckpt.prune_best(self.checkpoints_dir, keep={best_step})
+            if best_step is not None and best_step not in ckpt.best_steps(self.checkpoints_dir):
                 logger.warning(
                     "the best model of step %d is gone; best-model tracking starts over", best_step
                 )
-                state["best"] = None
-        logger.info("resumed from %s at step %d", resume, state["global_step"])
+                saved.best = None
+        logger.info("resumed from %s at step %d", checkpoint, saved.global_step)
 
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers(TRACKER_PROJECT, config=_tracker_config(args))
-
-    def evaluate(step: int) -> None:
-        if validator is not None:
-            unwrapped = accelerator.unwrap_model(model)
-            results = validator.evaluate(unwrapped)
-            record = {"step": step, **results}
-            state["evaluations"].append(record)
-            accelerator.log(flatten_metrics(results), step=step)
+    def evaluate(self, step: int) -> None:
+        """Validate (main process), record the evaluation and keep the model if it is the best so far."""
+        if self.validator is not None:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            results = self.validator.evaluate(unwrapped)
+            self.state.evaluations.append({"step": step, **results})
+            flat = flatten_metrics(results)
+            self.accelerator.log(flat, step=step)
+            logger.info("step %d: validation %s", step, {k: round(v, 4) for k, v in flat.items()})
             score = results["overall"].get(PRIMARY_METRIC)
-            logger.info(
-                "step %d: validation %s", step, {k: round(v, 4) for k, v in flatten_metrics(results).items()}
-            )
-            best = state["best"]
-            if (
-                args.keep_best
-                and step > 0
-                and score is not None
-                and (best is None or score > best[PRIMARY_METRIC])
-            ):
-                ckpt.save_best(checkpoints_dir, unwrapped, step, {"step": step, **results})
-                state["best"] = {"step": step, PRIMARY_METRIC: score}
-                ckpt.prune_best(checkpoints_dir, keep={step, state["checkpoint_best_step"]})
-        accelerator.wait_for_everyone()
+            if self.args.keep_best and step > 0 and score is not None and self._beats_best(score):
+                self.save_best(step, results, score)
+        self.accelerator.wait_for_everyone()
 
-    def save(step: int) -> Path:
-        if accelerator.is_main_process:
-            state["checkpoint_best_step"] = (state["best"] or {}).get("step")
-        path = ckpt.save_checkpoint(accelerator, checkpoints_dir, step, state, args.checkpoints_total_limit)
-        if accelerator.is_main_process:
-            ckpt.prune_best(checkpoints_dir, keep={state["checkpoint_best_step"]})
+    def _beats_best(self, score: float) -> bool:
+        return self.state.best is None or score > self.state.best[PRIMARY_METRIC]
+
+    def save_best(self, step: int, results: dict, score: float) -> None:
+        """Keep the current weights as the best model (main process)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        ckpt.save_best(self.checkpoints_dir, unwrapped, step, {"step": step, **results})
+        self.state.best = {"step": step, PRIMARY_METRIC: score}
+        ckpt.prune_best(self.checkpoints_dir, keep={step, self.state.checkpoint_best_step})
+
+    def save_checkpoint(self, step: int) -> Path:
+        """A complete checkpoint of the run (every process takes part)."""
+        main = self.accelerator.is_main_process
+        if main:
+            self.state.checkpoint_best_step = self.state.best_step
+        path = ckpt.save_checkpoint(
+            self.accelerator, self.checkpoints_dir, step, self.state, self.args.checkpoints_total_limit
+        )
+        if main:
+            ckpt.prune_best(self.checkpoints_dir, keep={self.state.checkpoint_best_step})
         logger.info("saved %s", path)
+        self.last_checkpoint = path
         return path
 
-    if state["global_step"] == 0 and not state["evaluations"]:
-        evaluate(0)
-
-    step = state["global_step"]
-    progress = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="training",
-        unit="step",
-        disable=not accelerator.is_local_main_process,
-    )
-    model.train()
-    skipped = 0
-    while step < total_steps:
-        epoch, position = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)  # the sampler's order
-        pairs.set_epoch(epoch)  # the categories drawn ("all" level)
-        batches = accelerator.skip_first_batches(loader, position * accumulation) if position else loader
-        micro_batches = []
-        step_started = time.perf_counter()
-        for batch in batches:
-            skipped += int(batch.pop("num_skipped"))
-            micro_batches.append(batch)
-            if len(micro_batches) < accumulation:
-                continue
-            loss = contrastive_step(accelerator, model, micro_batches).item()
-            micro_batches = []
-            if not math.isfinite(loss):
-                optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(loss, step + 1, last_checkpoint)
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            state["global_step"] = step
-            state["samples"] += global_batch
-            state["train_seconds"] += time.perf_counter() - step_started
-            state["losses"].append([step, loss])
-            speed = state["samples"] / max(state["train_seconds"], 1e-9)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{speed:.1f}", epoch=epoch)
-            if args.logging_steps and step % args.logging_steps == 0:
-                recent = [value for _, value in state["losses"][-args.logging_steps :]]
-                accelerator.log(
-                    {
-                        "train/loss": sum(recent) / len(recent),
-                        "train/learning_rate": scheduler.get_last_lr()[0],
-                        "train/temperature": 1.0 / accelerator.unwrap_model(model).logit_scale.exp().item(),
-                        "train/samples_per_second": speed,
-                        "train/epoch": step / steps_per_epoch,
-                    },
-                    step=step,
-                )
-            last = step == total_steps
-            if args.eval_steps and (step % args.eval_steps == 0 or last):
-                evaluate(step)
-            if (args.save_steps and step % args.save_steps == 0) or last:
-                last_checkpoint = save(step)
-            if last:
-                break
-            step_started = time.perf_counter()
-    progress.close()
-
-    state["skipped_rows"] = state.get("skipped_rows", 0) + int(
-        accelerator.reduce(torch.tensor(skipped, device=accelerator.device), reduction="sum")
-    )
-    if state["skipped_rows"]:
-        logger.warning("%d unreadable training rows were replaced by their neighbours", state["skipped_rows"])
-    metrics = None
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if args.keep_best and state["best"]:
-            ckpt.load_best(checkpoints_dir, state["best"]["step"], unwrapped)
-            logger.info(
-                "final model: the best validation %s, at step %d", PRIMARY_METRIC, state["best"]["step"]
-            )
-        metrics = build_metrics(state, args, time.perf_counter() - started)
-        write_outputs(output_dir, unwrapped, processor, args, state, metrics)
-        logger.info(
-            "model, training_args.json, metrics.json and training_curve.png written to %s", output_dir
+    def log_training(self, step: int, speed: float) -> None:
+        """Mean loss of the last `--logging_steps` steps, learning rate, temperature, speed, epoch."""
+        recent = [value for _, value in self.state.losses[-self.args.logging_steps :]]
+        temperature = 1.0 / self.accelerator.unwrap_model(self.model).logit_scale.exp().item()
+        self.accelerator.log(
+            {
+                "train/loss": sum(recent) / len(recent),
+                "train/learning_rate": self.scheduler.get_last_lr()[0],
+                "train/temperature": temperature,
+                "train/samples_per_second": speed,
+                "train/epoch": step / self.state.steps_per_epoch,
+            },
+            step=step,
         )
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if args.push_to_hub and accelerator.is_main_process:
-        logger.info("uploaded: %s", push_to_hub(output_dir, args))
-    return metrics
+
+    def optimizer_step(self, micro_batches: list[dict], step: int) -> float:
+        """One update over the micro-batches; stops before applying a non-finite loss."""
+        loss = contrastive_step(self.accelerator, self.model, micro_batches).item()
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(loss, step, self.last_checkpoint)
+        if self.args.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def fit(self) -> None:
+        """Train up to the last step, resuming where the state says; the data order depends on the step only."""
+        args, state = self.args, self.state
+        if state.global_step == 0 and not state.evaluations:
+            self.evaluate(0)
+        step = state.global_step
+        progress = tqdm(
+            total=self.total_steps,
+            initial=step,
+            desc="training",
+            unit="step",
+            disable=not self.accelerator.is_local_main_process,
+        )
+        self.model.train()
+        skipped = 0
+        while step < self.total_steps:
+            epoch, position = divmod(step, state.steps_per_epoch)
+            self.loader.set_epoch(epoch)  # the sampler's order
+            self.pairs.set_epoch(epoch)  # the categories drawn ("all" level)
+            batches = (
+                self.accelerator.skip_first_batches(self.loader, position * self.accumulation)
+                if position
+                else self.loader
+            )
+            micro_batches = []
+            step_started = time.perf_counter()
+            for batch in batches:
+                skipped += int(batch.pop("num_skipped"))
+                micro_batches.append(batch)
+                if len(micro_batches) < self.accumulation:
+                    continue
+                loss = self.optimizer_step(micro_batches, step + 1)
+                micro_batches = []
+                step += 1
+                state.global_step = step
+                state.samples += state.global_batch_size
+                state.train_seconds += time.perf_counter() - step_started
+                state.losses.append([step, loss])
+                speed = state.samples / max(state.train_seconds, 1e-9)
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{speed:.1f}", epoch=epoch)
+                if args.logging_steps and step % args.logging_steps == 0:
+                    self.log_training(step, speed)
+                last = step == self.total_steps
+                if args.eval_steps and (step % args.eval_steps == 0 or last):
+                    self.evaluate(step)
+                if (args.save_steps and step % args.save_steps == 0) or last:
+                    self.save_checkpoint(step)
+                if last:
+                    break
+                step_started = time.perf_counter()
+        progress.close()
+        state.skipped_rows += int(
+            self.accelerator.reduce(torch.tensor(skipped, device=self.accelerator.device), reduction="sum")
+        )
+        if state.skipped_rows:
+            logger.warning(
+                "%d unreadable training rows were replaced by their neighbours", state.skipped_rows
+            )
+
+    def export(self) -> dict | None:
+        """Write the final model (the best evaluation's, else the last) and the training record to output_dir;
+        returns metrics.json's content on the main process, None on the others."""
+        metrics = None
+        if self.accelerator.is_main_process:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if self.args.keep_best and self.state.best:
+                ckpt.load_best(self.checkpoints_dir, self.state.best_step, unwrapped)
+                logger.info(
+                    "final model: the best validation %s, at step %d", PRIMARY_METRIC, self.state.best_step
+                )
+            metrics = build_metrics(self.state, self.args, time.perf_counter() - self.started)
+            write_outputs(self.output_dir, unwrapped, self.processor, self.args, self.state, metrics)
+            logger.info(
+                "model, training_args.json, metrics.json and training_curve.png written to %s",
+                self.output_dir,
+            )
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def finish(self) -> dict | None:
+        """Export, close the trackers, and upload when asked."""
+        metrics = self.export()
+        self.accelerator.end_training()
+        if self.args.push_to_hub and self.accelerator.is_main_process:
+            logger.info("uploaded: %s", push_to_hub(self.output_dir, self.args))
+        return metrics
+
+
+def train(args: argparse.Namespace, dataset=None) -> dict:
+    """Train per `args` (see `clipita.training.arguments`); returns metrics.json's content (None on processes
+    other than the main one).
+
+    `dataset`: splits in the canonical schema (a `DatasetDict`); default: `clipita.cli.load_from_args(args)`.
+    """
+    trainer = Trainer(args, dataset)
+    trainer.fit()
+    return trainer.finish()

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from clipita.evaluation import GROUPS, DenseRanker, evaluate_rankings
-from clipita.training.collate import dataset_columns
+from clipita.encoding import prepare_row
+from clipita.evaluation import DenseRanker, evaluate_rankings
+from clipita.results import GROUPS
+from clipita.schema import modality_columns, path_text
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class Validator:
             keep = np.sort(np.random.default_rng(seed).choice(len(split), max_products, replace=False))
             split = split.select(keep)
         self.rows, self.skipped = _readable_rows(
-            split.select_columns(["category", *dataset_columns(modalities)])
+            split.select_columns(["category", *modality_columns(modalities)])
         )
         if len(self.rows) == 0:
             raise ValueError(
@@ -96,7 +98,7 @@ class Validator:
                 self.paths,
                 self.train_paths,
                 settings=[self.level],
-                query_text=lambda node: " > ".join(node),
+                query_text=path_text,
                 max_queries_per_setting=self.max_queries,
                 seed=self.seed,
             )[self.level]
@@ -110,10 +112,7 @@ def _readable_rows(rows):
     keep = []
     for i in range(len(rows)):
         try:
-            row = rows[i]
-            if not row["category"]:
-                raise ValueError("empty category path")
-            row["image"].load()
+            prepare_row(rows[i])
         except Exception as error:  # one broken product must not stop the run
             logger.warning("validation row %d skipped: %s", i, error)
             continue

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from clipita.training.collate import CategoryVocabulary, PairCollator, TrainingPairs, dataset_columns
+from clipita.schema import modality_columns
+from clipita.training.collate import PairCollator, TrainingPairs
+from clipita.tree import NodeVocabulary
 from tests.helpers.tiny_catalogue import tiny_catalogue
 
 
@@ -12,8 +14,8 @@ def fixed_batch(model, processor, size: int = 8, level: str = "general") -> dict
     """`size` pairs at `level` ("general": 3 roots, so categories repeat and multi-positive matters)."""
     rows = tiny_catalogue(num_train=size, num_validation=1)["train"]
     modalities = model.config.product_modalities
-    pairs = TrainingPairs(rows, level, seed=0, columns=dataset_columns(modalities))
-    batch = PairCollator(processor, CategoryVocabulary(rows["category"]), modalities)(
+    pairs = TrainingPairs(rows, level, seed=0, columns=modality_columns(modalities))
+    batch = PairCollator(processor, NodeVocabulary(rows["category"]), modalities)(
         [pairs[i] for i in range(size)]
     )
     batch.pop("num_skipped")

@@ -1,6 +1,6 @@
 """Run on 2 CPU processes: each process takes its half of a fixed global batch.
 
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/helpers/distributed_check.py --out DIR
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m tests.helpers.distributed_check --out DIR
 
 (`accelerate launch --cpu --num_processes 2` starts a single process unless MPI is set up; the line above
 starts two with torch.distributed's launcher and the gloo backend.)
@@ -12,20 +12,18 @@ accumulation, then runs a 3-step training to check the loop (evaluation, checkpo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
+from accelerate import Accelerator
 
-import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-
-from clipita.training import parse_args, train  # noqa: E402
-from clipita.training.gradcache import contrastive_step  # noqa: E402
-from tests.conftest import tiny_model  # noqa: E402
-from tests.helpers.batches import fixed_batch, gradients, rows_of, split  # noqa: E402
-from tests.helpers.tiny_catalogue import tiny_catalogue  # noqa: E402
-from tests.helpers.train_tiny import tiny_args  # noqa: E402
+from clipita.training import parse_args, train
+from clipita.training.gradcache import contrastive_step
+from clipita.training.model_setup import freeze_towers
+from tests.conftest import tiny_model
+from tests.helpers.batches import fixed_batch, gradients, rows_of, split
+from tests.helpers.tiny_catalogue import tiny_catalogue
+from tests.helpers.train_tiny import tiny_args
 
 
 def main() -> None:
@@ -38,6 +36,7 @@ def main() -> None:
             f"expected 2 processes, got {accelerator.num_processes} ({accelerator.distributed_type})"
         )
     model, processor = tiny_model(loss_type="multi_positive")
+    freeze_towers(model, vision=False, text=False)  # the training setup: CLIP's unused logit_scale locked
     batch = fixed_batch(model, processor, size=8)
     half = 4
     rank = accelerator.process_index

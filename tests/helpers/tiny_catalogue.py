@@ -4,19 +4,12 @@ shape and whose leaf sets its colour, so a few training steps can learn somethin
 from __future__ import annotations
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Image, List, Value
+from datasets import Dataset, DatasetDict
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
-FEATURES = Features(
-    {
-        "product_id": Value("string"),
-        "image": Image(),
-        "title": Value("string"),
-        "attributes": List(Value("string")),
-        "category": List(Value("string")),
-    }
-)
+from clipita.schema import FEATURES
+
 ROOTS = ["Home", "Fashion", "Sports"]
 MIDS = ["Indoor", "Outdoor"]
 LEAVES = ["Red Things", "Blue Things"]

@@ -1,6 +1,6 @@
 """A tiny training run (seconds on a CPU), shared by the in-process tests and the subprocess that is killed.
 
-    python tests/helpers/train_tiny.py OUTPUT_DIR [--kill_while_saving STEP] [train.py flags...]
+    python -m tests.helpers.train_tiny OUTPUT_DIR [--kill_while_saving STEP] [train.py flags...]
 
 `--kill_while_saving STEP` (test-only) SIGKILLs this process while checkpoint STEP is being written: after
 Accelerate saved its state into the temporary folder, before the checkpoint is marked complete.
@@ -12,8 +12,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 TINY_FLAGS = [
     "--hidden_size", "32", "--num_hidden_layers", "1", "--image_size", "32", "--vocab_size", "600",
@@ -35,14 +33,14 @@ def main(argv: list[str]) -> None:
         at = flags.index("--kill_while_saving")
         kill_step = int(flags[at + 1])
         del flags[at : at + 2]
-        publish = checkpoints._publish
+        publish = checkpoints.publish_dir
 
-        def publish_or_die(tmp: Path, final: Path) -> None:
+        def publish_or_die(tmp: Path, final: Path, marker: str | None = None) -> None:
             if final.name == f"{checkpoints.PREFIX}{kill_step}":
                 os.kill(os.getpid(), signal.SIGKILL)
-            publish(tmp, final)
+            publish(tmp, final, marker)
 
-        checkpoints._publish = publish_or_die
+        checkpoints.publish_dir = publish_or_die
     train(parse_args(tiny_args(output_dir, *flags)), dataset=tiny_catalogue())
 
 

@@ -1,0 +1,98 @@
+"""Command-line flags shared by train.py, eval.py and search.py: the catalogue loader's, so they mean the
+same everywhere. `python -m clipita.data --dataset ...` runs `check_catalogue` on them.
+
+Layer 2 (docs/ARCHITECTURE.md): it sits on `clipita.data`; the training package's own flags build on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from clipita.data import PRESETS, CatalogueSchemaError, load_catalogue
+from clipita.schema import PATH_SEPARATOR
+from clipita.tree import category_nodes, is_unseen, seen_nodes
+
+
+def _list_or_str(text: str) -> str | list[str] | None:
+    """'' -> None (no such column), 'a,b' -> ['a', 'b'], 'a' -> 'a'."""
+    if text == "":
+        return None
+    return [part.strip() for part in text.split(",")] if "," in text else text
+
+
+def add_loader_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The catalogue flags every command line shares, so they mean the same everywhere."""
+    g = parser.add_argument_group("catalogue")
+    g.add_argument("--dataset", default="demo", help="'demo', a local folder or file, or a Hub dataset id")
+    g.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="column names of a well-known catalogue shape"
+    )
+    g.add_argument("--image_column", default="image")
+    g.add_argument("--title_column", default="title", help="'' when the catalogue has no titles")
+    g.add_argument(
+        "--attributes_column",
+        default="attributes",
+        help="a column of 'key: value' lists / dicts / JSON, or comma-separated columns (each becomes "
+        "'column: value'); '' for none",
+    )
+    g.add_argument(
+        "--category_column",
+        default="category",
+        help="a column holding the path (list or joined string), or comma-separated columns root,...,leaf",
+    )
+    g.add_argument("--id_column", default="product_id")
+    g.add_argument(
+        "--category_separator", default=PATH_SEPARATOR, help="separator of a category path held in one string"
+    )
+    g.add_argument(
+        "--streaming", action="store_true", help="stream the source instead of downloading it whole"
+    )
+    g.add_argument(
+        "--max_image_pixels", type=int, default=40_000_000, help="rows with larger images are skipped"
+    )
+    return parser
+
+
+def load_from_args(args: argparse.Namespace, split: str | None = None):
+    """`load_catalogue` from the flags of `add_loader_arguments`; returns (dataset, SkipReport)."""
+    category = _list_or_str(args.category_column)
+    if category is None:
+        raise CatalogueSchemaError("--category_column cannot be empty: every product needs a category")
+    return load_catalogue(
+        args.dataset,
+        split,
+        preset=args.preset,
+        image_column=args.image_column,
+        title_column=args.title_column or None,
+        attributes_column=_list_or_str(args.attributes_column),
+        category_column=category,
+        id_column=args.id_column or None,
+        category_separator=args.category_separator,
+        streaming=args.streaming,
+        max_image_pixels=args.max_image_pixels,
+        return_report=True,
+    )
+
+
+def check_catalogue(argv: Sequence[str] | None = None) -> int:
+    """Check a catalogue before a long run: columns, split sizes, skipped rows, unseen test categories."""
+    parser = add_loader_arguments(
+        argparse.ArgumentParser(prog="python -m clipita.data", description=check_catalogue.__doc__)
+    )
+    args = parser.parse_args(argv)
+    try:
+        dsd, report = load_from_args(args)
+    except CatalogueSchemaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, ds in dsd.items():
+        print(f"{name}: {len(ds)} products")
+    if "train" in dsd and "test" in dsd:
+        seen = seen_nodes(dsd["train"]["category"])
+        test_nodes = {node for path in dsd["test"]["category"] for node in category_nodes(path)}
+        unseen = [node for node in test_nodes if is_unseen(node, seen)]
+        print(f"test categories: {len(test_nodes)} nodes, {len(unseen)} unseen in train")
+    print(report)
+    return 0

@@ -1,0 +1,308 @@
+"""The catalogue index: a FAISS index, the exact embeddings, product metadata and a manifest; filtered
+search and the category-text search front end.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clipita.fileio import write_atomic, write_json
+from clipita.index.kinds import (
+    DEFAULT_EXACT_THRESHOLD,
+    apply_search_params,
+    approximate_search,
+    build_index,
+    estimate_bytes,
+    measure_recall,
+)
+from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
+from clipita.schema import normalise_attribute
+
+MANIFEST_FILE = "manifest.json"
+
+
+def clipita_version() -> str:
+    """The installed clip-ita version, recorded in manifests so an index can be traced to its code."""
+    try:
+        return importlib.metadata.version("clip-ita")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (clip-ita not installed)"
+
+
+@dataclass
+class Hit:
+    """One ranked product."""
+
+    product_id: str
+    score: float
+    title: str
+    category: list[str]
+    attributes: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_metadata_table(metadata: pa.Table | Sequence[dict]) -> pa.Table:
+    if isinstance(metadata, pa.Table):
+        missing = [c for c in METADATA_SCHEMA.names if c not in metadata.column_names]
+        if missing:
+            raise ValueError(f"metadata lacks column(s) {missing}; expected {METADATA_SCHEMA.names}")
+        return metadata.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
+    return pa.Table.from_pylist([metadata_row(r) for r in metadata], METADATA_SCHEMA)
+
+
+class CatalogueIndex:
+    """A searchable catalogue: FAISS index, the exact embeddings, product metadata and a manifest.
+
+    Folder layout: `index.faiss`, `embeddings.npy` (float32 `[N, d]`, memory-mapped on load),
+    `metadata.parquet` (product_id, title, category, attributes) and `manifest.json` (written last,
+    so a folder with a manifest is complete).
+    """
+
+    exact_subset_limit = 65_536  # filtered searches over at most this many products run exactly
+    # so do searches whose k is a tenth or more of the products searched: cheaper than a huge efSearch
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        embeddings: np.ndarray,
+        metadata: pa.Table,
+        manifest: dict,
+        path: str | None = None,
+    ):
+        if index.ntotal != len(embeddings) or len(embeddings) != metadata.num_rows:
+            raise ValueError(
+                f"index ({index.ntotal}), embeddings ({len(embeddings)}) and metadata ({metadata.num_rows}) "
+                "must hold the same products"
+            )
+        self.index = index
+        self.embeddings = embeddings
+        self.metadata = metadata
+        self.manifest = manifest
+        self.path = path
+        self._attribute_rows: tuple[pa.Array, np.ndarray] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["index"]["kind"]
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def model_name(self) -> str:
+        return (self.manifest.get("model") or {}).get("name_or_path") or "an unrecorded model"
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        metadata: pa.Table | Sequence[dict],
+        kind: str = "auto",
+        exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+        memory_budget_mb: float | None = None,
+        model_info: dict | None = None,
+        text_queries: np.ndarray | None = None,
+        recall_queries: int = 500,
+        seed: int = 0,
+        progress: bool = True,
+        extra_manifest: dict | None = None,
+    ) -> CatalogueIndex:
+        """Build the index; approximate kinds get recall@10 against exact search measured and recorded.
+
+        Recall queries are `recall_queries` sampled product embeddings plus up to as many
+        `text_queries` (category-text embeddings), reported apart because text queries sit in
+        another region of the space than the products an index was trained on.
+        """
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        table = _as_metadata_table(metadata)
+        index, kind, params = build_index(emb, kind, exact_threshold, memory_budget_mb, seed, progress)
+        recall: dict[str, Any] = {"exact": kind == "flat"}
+        if kind != "flat":
+            rng = np.random.default_rng(seed)
+            sample = emb[rng.choice(len(emb), min(recall_queries, len(emb)), replace=False)]
+            recall["product_queries"] = len(sample)
+            recall["recall_at_10_products"] = measure_recall(index, kind, params, emb, sample)
+            all_q = [sample]
+            if text_queries is not None and len(text_queries):
+                tq = np.asarray(text_queries, dtype=np.float32)
+                tq = tq[rng.choice(len(tq), min(recall_queries, len(tq)), replace=False)]
+                recall["text_queries"] = len(tq)
+                recall["recall_at_10_text"] = measure_recall(index, kind, params, emb, tq)
+                all_q.append(tq)
+            recall["recall_at_10"] = measure_recall(index, kind, params, emb, np.concatenate(all_q))
+            if params.get("rerank"):  # what the quantised codes alone would give
+                raw = {**params, "rerank": 0}
+                recall["recall_at_10_without_rerank"] = measure_recall(
+                    index, kind, raw, emb, np.concatenate(all_q)
+                )
+        manifest = {
+            "format_version": 1,
+            "clipita_version": clipita_version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model_info or {},
+            "embedding_dim": int(emb.shape[1]),
+            "count": int(len(emb)),
+            "index": {
+                "kind": kind,
+                "params": params,
+                "exact_threshold": exact_threshold,
+                "memory_budget_mb": memory_budget_mb,
+                "estimated_bytes": estimate_bytes(kind, len(emb), emb.shape[1], params or None),
+            },
+            "recall": recall,
+            **(extra_manifest or {}),
+        }
+        return cls(index, emb, table, manifest)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "index.faiss", lambda p: faiss.write_index(self.index, str(p)))
+        write_atomic(out / "embeddings.npy", lambda p: save_npy(p, np.asarray(self.embeddings, np.float32)))
+        write_atomic(out / "metadata.parquet", lambda p: pq.write_table(self.metadata, p))
+        write_json(out / MANIFEST_FILE, self.manifest)
+        self.path = str(out)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> CatalogueIndex:
+        path = Path(directory)
+        if not (path / MANIFEST_FILE).exists():
+            raise FileNotFoundError(f"{path} is not an index folder: it has no {MANIFEST_FILE}")
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        index = faiss.read_index(str(path / "index.faiss"))
+        apply_search_params(index, manifest["index"]["kind"], manifest["index"]["params"])
+        embeddings = np.load(path / "embeddings.npy", mmap_mode="r")
+        return cls(index, embeddings, pq.read_table(path / "metadata.parquet"), manifest, str(path))
+
+    def check_dim(self, dim: int, model_name: str = "the query model") -> None:
+        """An index built by a model of another dimension is unusable: say which two models disagree."""
+        if dim != self.dim:
+            where = f" at {self.path}" if self.path else ""
+            raise ValueError(
+                f"dimension mismatch: {model_name} gives {dim}-d embeddings but the index{where} holds "
+                f"{self.dim}-d embeddings built by {self.model_name}; rebuild the index with this model"
+            )
+
+    def rows_matching(self, filters: Sequence[str]) -> np.ndarray:
+        """Sorted row numbers of the products that carry every `key: value` attribute (case-insensitive)."""
+        wanted = [normalise_attribute(f) for f in filters]
+        if self._attribute_rows is None:
+            attrs = self.metadata.column("attributes").combine_chunks()
+            flat = pc.utf8_lower(pc.utf8_trim_whitespace(pc.list_flatten(attrs)))
+            flat = pc.replace_substring_regex(flat, r"\s*:\s*", ": ", max_replacements=1)
+            self._attribute_rows = (flat, pc.list_parent_indices(attrs).to_numpy())
+        values, parents = self._attribute_rows
+        rows = np.arange(len(self))
+        for attribute in wanted:
+            match = pc.equal(values, attribute).to_numpy(zero_copy_only=False)
+            rows = np.intersect1d(rows, parents[match])
+        return rows
+
+    def search(
+        self, query_embeds: np.ndarray, k: int = 10, filters: Sequence[str] | None = None
+    ) -> list[list[Hit]]:
+        """Top-k products per query row; k above the catalogue (or the filtered set) returns all of it."""
+        q = np.asarray(query_embeds, dtype=np.float32)
+        q = np.ascontiguousarray(q[None, :] if q.ndim == 1 else q)
+        if q.ndim != 2:
+            raise ValueError(f"query embeddings must be [Q, d], got shape {q.shape}")
+        self.check_dim(q.shape[1])
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if filters:
+            allowed = self.rows_matching(filters)
+            scores, ids = self._search_subset(q, k, allowed)
+        else:
+            scores, ids = self._search_all(q, min(k, len(self)))
+        return [self._hits(s, i) for s, i in zip(scores, ids)]
+
+    def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        emb = self.embeddings if rows is None else self.embeddings[rows]
+        scores, ids = faiss.knn(
+            q, np.ascontiguousarray(emb, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT
+        )
+        return scores, (ids if rows is None else rows[ids])
+
+    def _search_all(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind != "flat" and k * 10 >= len(self):  # a large share of the catalogue: exact is cheaper
+            return self._exact(q, k)
+        params = self.manifest["index"]["params"]
+        scores, ids = approximate_search(self.index, self.kind, params, self.embeddings, q, k)
+        short = (ids < 0).any(axis=1)  # an approximate index may return fewer than k: finish exactly
+        if short.any():
+            scores[short], ids[short] = self._exact(q[short], k)
+        return scores, ids
+
+    def _search_subset(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(allowed))
+        if k == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if len(allowed) <= self.exact_subset_limit or k * 10 >= len(allowed):
+            return self._exact(q, k, allowed)
+        selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
+        params = self.manifest["index"]["params"]
+        scores, ids = approximate_search(self.index, self.kind, params, self.embeddings, q, k, selector)
+        short = (ids < 0).any(axis=1)
+        if short.any():
+            scores[short], ids[short] = self._exact(q[short], k, allowed)
+        return scores, ids
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        keep = ids >= 0
+        rows = self.metadata.take(pa.array(ids[keep])).to_pylist()
+        return [Hit(score=float(s), **row) for s, row in zip(scores[keep], rows)]
+
+
+def model_dim(model: Any) -> int | None:
+    """The embedding size a model declares (`config.projection_dim`), if it declares one."""
+    return getattr(getattr(model, "config", None), "projection_dim", None)
+
+
+def check_queries(categories: str | Sequence[str]) -> list[str]:
+    """Query text(s) as a list; empty text is an error, not a search for everything."""
+    texts = [categories] if isinstance(categories, str) else list(categories)
+    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise ValueError(f"empty query: every query must be non-empty category text, got {texts!r}")
+    return texts
+
+
+def search(
+    categories: str | Sequence[str],
+    k: int = 10,
+    *,
+    model: Any,
+    index: CatalogueIndex | str | os.PathLike,
+    processor: Any = None,
+    filters: Sequence[str] | None = None,
+) -> list[list[Hit]]:
+    """Category text(s) -> ranked products per text, via `model.encode_categories` and the index."""
+    texts = check_queries(categories)
+    if not isinstance(index, CatalogueIndex):
+        index = CatalogueIndex.load(index)
+    name = getattr(model, "name_or_path", None) or type(model).__name__
+    if (dim := model_dim(model)) is not None:
+        index.check_dim(dim, f"model {name}")
+    kwargs = {"processor": processor} if processor is not None else {}
+    query = model.encode_categories(texts, convert_to_numpy=True, **kwargs)
+    index.check_dim(np.asarray(query).shape[-1], f"model {name}")
+    return index.search(query, k, filters)
