@@ -20,27 +20,10 @@ import torch
 import torch.nn.functional as F
 
 if __package__:  # imported: python -m bench.encode_throughput, or the tests
-    from bench._machine import DTYPES, command_line, describe_machine, interleaved_times, resolve_device
-    from bench.common import (
-        ATTRIBUTES_PER_PRODUCT,
-        Products,
-        add_common_arguments,
-        apply_threads,
-        build_model,
-        synthetic_category_names,
-        synthetic_products,
-    )
+    from bench import _machine, common
 else:  # run as a script, python bench/encode_throughput.py: its folder is on sys.path
-    from _machine import DTYPES, command_line, describe_machine, interleaved_times, resolve_device
-    from common import (
-        ATTRIBUTES_PER_PRODUCT,
-        Products,
-        add_common_arguments,
-        apply_threads,
-        build_model,
-        synthetic_category_names,
-        synthetic_products,
-    )
+    import _machine
+    import common
 
 
 class PlainCLIP:
@@ -59,7 +42,7 @@ class PlainCLIP:
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def process(self, products: Products) -> dict[str, object]:
+    def process(self, products: common.Products) -> dict[str, object]:
         return {
             "pixel_values": self.image_processor(images=products.images, return_tensors="pt")["pixel_values"],
             "title": self.tokenize(products.titles),
@@ -90,8 +73,10 @@ class PlainCLIP:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights' dtype")
+    common.add_common_arguments(parser)
+    parser.add_argument(
+        "--dtype", choices=sorted(_machine.DTYPES), default="float32", help="model weights' dtype"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--num-products", type=int, default=None, help="per repeat (default: 64 quick, 512 full)"
@@ -110,14 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
-    apply_threads(args.threads)
-    device = resolve_device(args.device)
+    common.apply_threads(args.threads)
+    device = _machine.resolve_device(args.device)
     torch.manual_seed(args.seed)
-    model, processor = build_model(args.config, seed=args.seed)
-    model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
+    model, processor = common.build_model(args.config, seed=args.seed)
+    model = model.to(device=device, dtype=_machine.DTYPES[args.dtype]).eval()
     plain = PlainCLIP(model.clip, processor, device)
-    products = synthetic_products(args.num_products, seed=args.seed)
-    categories = synthetic_category_names(args.num_categories, seed=args.seed)
+    products = common.synthetic_products(args.num_products, seed=args.seed)
+    categories = common.synthetic_category_names(args.num_categories, seed=args.seed)
     batches = [products.slice(i, i + args.batch_size) for i in range(0, len(products), args.batch_size)]
 
     def process_clipita():
@@ -151,7 +136,7 @@ def main(argv: list[str] | None = None) -> float:
         "plain_categories": lambda: plain.encode_categories(categories, args.batch_size),
     }
     with torch.no_grad():
-        times = interleaved_times(runs, device, args.warmup, args.repeats)
+        times = _machine.interleaved_times(runs, device, args.warmup, args.repeats)
     seconds = {name: statistics.median(t) for name, t in times.items()}
 
     def round_ratios(key: str) -> list[float]:
@@ -164,11 +149,11 @@ def main(argv: list[str] | None = None) -> float:
     )
     print(
         f"== encode_throughput: config {args.config}, {args.dtype}, batch {args.batch_size}, "
-        f"{args.num_products} products ({ATTRIBUTES_PER_PRODUCT} attributes each), "
+        f"{args.num_products} products ({common.ATTRIBUTES_PER_PRODUCT} attributes each), "
         f"{args.num_categories} categories, warmup {args.warmup}, median of {args.repeats}"
     )
-    print(command_line())
-    print(describe_machine(device))
+    print(_machine.command_line())
+    print(_machine.describe_machine(device))
     print(
         f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M CLIP-ITA, "
         f"{sum(p.numel() for p in model.clip.parameters()) / 1e6:.1f} M in the CLIP towers; "

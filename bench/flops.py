@@ -20,34 +20,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 if __package__:  # imported: python -m bench.flops, or the tests
-    from bench._machine import (
-        DTYPES,
-        command_line,
-        describe_machine,
-        human,
-        interleaved_medians,
-        resolve_device,
-    )
-    from bench.common import (
-        ATTRIBUTES_PER_PRODUCT,
-        CONFIGS,
-        add_common_arguments,
-        apply_threads,
-        build_model,
-        synthetic_category_names,
-        synthetic_products,
-    )
+    from bench import _machine, common
 else:  # run as a script, python bench/flops.py: its folder is on sys.path
-    from _machine import DTYPES, command_line, describe_machine, human, interleaved_medians, resolve_device
-    from common import (
-        ATTRIBUTES_PER_PRODUCT,
-        CONFIGS,
-        add_common_arguments,
-        apply_threads,
-        build_model,
-        synthetic_category_names,
-        synthetic_products,
-    )
+    import _machine
+    import common
 
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -101,12 +77,14 @@ def flops_per_pass(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and matmul dtype")
+    common.add_common_arguments(parser)
+    parser.add_argument(
+        "--dtype", choices=sorted(_machine.DTYPES), default="float32", help="model and matmul dtype"
+    )
     parser.add_argument(
         "--count-configs",
-        default=",".join(CONFIGS),
-        help=f"comma-separated configs to count FLOPs of ({CONFIGS})",
+        default=",".join(common.CONFIGS),
+        help=f"comma-separated configs to count FLOPs of ({common.CONFIGS})",
     )
     parser.add_argument(
         "--count-products",
@@ -125,9 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.count_configs = [c.strip() for c in args.count_configs.split(",") if c.strip()]
-    unknown = [c for c in args.count_configs if c not in CONFIGS]
+    unknown = [c for c in args.count_configs if c not in common.CONFIGS]
     if unknown:
-        parser.error(f"--count-configs: unknown {unknown}; choose from {CONFIGS}")
+        parser.error(f"--count-configs: unknown {unknown}; choose from {common.CONFIGS}")
     args.num_products = args.num_products or (32 if args.quick else 256)
     args.count_products = args.count_products or (4 if args.quick else 8)
     args.matmul_size = args.matmul_size or (1024 if args.quick else 2048)
@@ -139,14 +117,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
-    apply_threads(args.threads)
-    device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype]
-    counted = synthetic_products(args.count_products, seed=args.seed)
-    category_names = synthetic_category_names(args.count_products, seed=args.seed)
+    common.apply_threads(args.threads)
+    device = _machine.resolve_device(args.device)
+    dtype = _machine.DTYPES[args.dtype]
+    counted = common.synthetic_products(args.count_products, seed=args.seed)
+    category_names = common.synthetic_category_names(args.count_products, seed=args.seed)
     tables, models = {}, {}
     for config in dict.fromkeys([*args.count_configs, args.config]):
-        model, processor = build_model(config, seed=args.seed)
+        model, processor = common.build_model(config, seed=args.seed)
         model = model.to(device=device, dtype=dtype).eval()
         models[config] = (model, processor)
         if config in args.count_configs:
@@ -158,7 +136,7 @@ def main(argv: list[str] | None = None) -> float:
             del models[config]
 
     model, processor = models[args.config]
-    products = synthetic_products(args.num_products, seed=args.seed)
+    products = common.synthetic_products(args.num_products, seed=args.seed)
     batches = [
         {
             k: v.to(device)
@@ -174,7 +152,7 @@ def main(argv: list[str] | None = None) -> float:
     b = torch.randn(args.matmul_size, args.matmul_size, device=device, dtype=dtype)
     with torch.no_grad():
         workload_flops = count_flops(forward)
-        seconds = interleaved_medians(
+        seconds = _machine.interleaved_medians(
             {
                 "forward": forward,
                 "encode_products": lambda: model.encode_products(
@@ -194,36 +172,38 @@ def main(argv: list[str] | None = None) -> float:
     matmul = 2 * args.matmul_size**3 / seconds["matmul"]
 
     print(
-        f"== flops: counted on {args.count_products} products ({ATTRIBUTES_PER_PRODUCT} attributes each) and "
+        f"== flops: counted on {args.count_products} products ({common.ATTRIBUTES_PER_PRODUCT} attributes each) and "
         f"{args.count_products} category names; FLOP/s of config {args.config}, {args.dtype}, batch {args.batch_size}, "
         f"{args.num_products} products, warmup {args.warmup}, median of {args.repeats}"
     )
-    print(command_line())
-    print(describe_machine(device))
+    print(_machine.command_line())
+    print(_machine.describe_machine(device))
     print("FLOPs per product (forward; FlopCounterMode: matmul/conv/attention, 1 multiply-add = 2 FLOPs)")
     columns = ("image", "title", "attributes", "heads", "product", "category")
     print(f"{'config':10}{'params':>9}" + "".join(f"{c:>12}" for c in columns[:-1]) + f"{'per category':>14}")
     for config, (params, per_pass) in tables.items():
         print(
             f"{config:10}{params / 1e6:8.1f}M"
-            + "".join(f"{human(per_pass[c]):>12}" for c in columns[:-1])
-            + f"{human(per_pass['category']):>14}"
+            + "".join(f"{_machine.human(per_pass[c]):>12}" for c in columns[:-1])
+            + f"{_machine.human(per_pass['category']):>14}"
         )
     per_product = workload_flops / args.num_products
     achieved_forward = workload_flops / seconds["forward"]
     achieved_e2e = workload_flops / seconds["encode_products"]
     print(
-        f"{args.config}, encoding {args.num_products} products: {human(per_product, 'FLOP')} per product "
+        f"{args.config}, encoding {args.num_products} products: {_machine.human(per_product, 'FLOP')} per product "
         f"(as batched, padding included)"
     )
     print(
-        f"  model forward:    {args.num_products / seconds['forward']:10.1f} products/s = {human(achieved_forward, 'FLOP/s')}"
+        f"  model forward:    {args.num_products / seconds['forward']:10.1f} products/s = {_machine.human(achieved_forward, 'FLOP/s')}"
     )
     print(
         f"  encode_products:  {args.num_products / seconds['encode_products']:10.1f} products/s = "
-        f"{human(achieved_e2e, 'FLOP/s')} (processor included)"
+        f"{_machine.human(achieved_e2e, 'FLOP/s')} (processor included)"
     )
-    print(f"machine: {args.matmul_size}x{args.matmul_size} {args.dtype} matmul = {human(matmul, 'FLOP/s')}")
+    print(
+        f"machine: {args.matmul_size}x{args.matmul_size} {args.dtype} matmul = {_machine.human(matmul, 'FLOP/s')}"
+    )
     print(
         f"utilisation: forward {achieved_forward / matmul:.1%}, encode_products {achieved_e2e / matmul:.1%}"
     )

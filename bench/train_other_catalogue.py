@@ -25,9 +25,9 @@ from PIL import Image, ImageDraw
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: before torch loads
 
 if __package__:  # imported: python -m bench.train_other_catalogue, or the tests
-    from bench._machine import command_line, describe_machine
+    from bench import _machine
 else:  # run as a script, python bench/train_other_catalogue.py: its folder is on sys.path
-    from _machine import command_line, describe_machine
+    import _machine
 
 SYLLABLES = ["ka", "lo", "mi", "ran", "tu", "vek", "zor", "bel", "dri", "fen", "gal", "hos", "ith", "jun", "qua",
              "sel", "tor", "ulm", "wen", "yar", "pex", "nol", "cri", "dax"]  # fmt: skip
@@ -180,7 +180,7 @@ def main() -> None:
     metrics = train(args)
 
     validation = metrics["validation"]
-    print(f"\n{describe_machine(torch.device('cpu'))}\n{command_line()}")
+    print(f"\n{_machine.describe_machine(torch.device('cpu'))}\n{_machine.command_line()}")
     print(f"settings: train.py defaults; category level {args.category_level}; {metrics['train']['steps']} steps; "
           f"{metrics['train']['samples_per_second']} samples/s; wall {metrics['train']['wall_seconds']} s")  # fmt: skip
     print("| validation (all categories) | step | P@10 | mAP@10 | seen mAP@10 | unseen mAP@10 | queries |")

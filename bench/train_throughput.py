@@ -24,27 +24,10 @@ import time
 import torch
 
 if __package__:  # imported: python -m bench.train_throughput, or the tests
-    from bench._machine import (
-        DTYPES,
-        PeakMemory,
-        command_line,
-        describe_machine,
-        mib,
-        resolve_device,
-        synchronize,
-    )
-    from bench.common import add_common_arguments, apply_threads, build_model, synthetic_products
+    from bench import _machine, common
 else:  # run as a script, python bench/train_throughput.py: its folder is on sys.path
-    from _machine import (
-        DTYPES,
-        PeakMemory,
-        command_line,
-        describe_machine,
-        mib,
-        resolve_device,
-        synchronize,
-    )
-    from common import add_common_arguments, apply_threads, build_model, synthetic_products
+    import _machine
+    import common
 
 SIDES = {"clipita": "CLIP-ITA", "plain": "plain CLIP"}
 RESULT_PREFIX = "RESULT "
@@ -87,9 +70,9 @@ class LayerForwardCounter:
 
 def run_worker(args: argparse.Namespace) -> dict:
     """One configuration (side x checkpointing) in this process: time `steps` steps after `warmup`."""
-    device = resolve_device(args.device)
-    model, processor = build_model(args.config, seed=args.seed)
-    products = synthetic_products(args.batch_size, seed=args.seed)
+    device = _machine.resolve_device(args.device)
+    model, processor = common.build_model(args.config, seed=args.seed)
+    products = common.synthetic_products(args.batch_size, seed=args.seed)
     batch = processor(
         images=products.images,
         titles=products.titles,
@@ -119,7 +102,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         enable_checkpointing(net)
     counter = LayerForwardCounter(net)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
-    autocast = torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "float32")
+    autocast = torch.autocast(device.type, dtype=_machine.DTYPES[args.dtype], enabled=args.dtype != "float32")
 
     def step() -> tuple[int, int]:
         counter.calls = 0
@@ -132,12 +115,12 @@ def run_worker(args: argparse.Namespace) -> dict:
         return forward_calls, counter.calls
 
     times = []
-    with PeakMemory(device) as memory:
+    with _machine.PeakMemory(device) as memory:
         for index in range(args.warmup + args.steps):
-            synchronize(device)
+            _machine.synchronize(device)
             start = time.perf_counter()
             forward_calls, step_calls = step()
-            synchronize(device)
+            _machine.synchronize(device)
             if index >= args.warmup:
                 times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
@@ -159,9 +142,9 @@ def run_worker(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
+    common.add_common_arguments(parser)
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="autocast dtype (float32: none)"
+        "--dtype", choices=sorted(_machine.DTYPES), default="float32", help="autocast dtype (float32: none)"
     )
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 quick, 32 full")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 2 quick, 5 full)")
@@ -198,20 +181,20 @@ def spawn(args: argparse.Namespace, side: str, checkpointing: str) -> dict:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
-    apply_threads(args.threads)
+    common.apply_threads(args.threads)
     if args.worker:
         torch.manual_seed(args.seed)
         print(RESULT_PREFIX + json.dumps(run_worker(args)))
         return 0.0
-    device = resolve_device(args.device)
+    device = _machine.resolve_device(args.device)
     settings = ["off", "on"] if args.checkpointing == "both" else [args.checkpointing]
     results = {(s, c): spawn(args, s, c) for c in settings for s in SIDES}
     print(
         f"== train_throughput: config {args.config}, {args.dtype}, batch {args.batch_size}, "
         f"warmup {args.warmup}, median of {args.steps} steps, AdamW; each configuration in a fresh process"
     )
-    print(command_line())
-    print(describe_machine(device))
+    print(_machine.command_line())
+    print(_machine.describe_machine(device))
     print(
         f"peak memory: {next(iter(results.values()))['memory_method']}; 'step adds' = peak minus before step 1"
     )
@@ -222,7 +205,7 @@ def main(argv: list[str] | None = None) -> float:
     for (side, checkpointing), r in results.items():
         print(
             f"{checkpointing:15}{SIDES[side]:12}{r['parameters'] / 1e6:8.1f}M{r['samples_per_second']:11.2f}"
-            f"{r['seconds_per_step']:9.3f}{mib(r['peak_bytes']):>11}{mib(r['increase_bytes']):>11}"
+            f"{r['seconds_per_step']:9.3f}{_machine.mib(r['peak_bytes']):>11}{_machine.mib(r['increase_bytes']):>11}"
             f"  {r['layer_forwards']} / {r['layer_forwards_with_backward']}"
             f" ({r['checkpointed_layers']}/{r['layers']})"
         )

@@ -26,25 +26,10 @@ from clipita.schema import path_text
 from clipita.tree import CategoryTree
 
 if __package__:  # imported as space.app (tests, bench/space_latency.py)
-    from space.answers import (
-        DEFAULT_K,
-        DEFAULT_TOP_CATEGORIES,
-        MAX_K,
-        MAX_TOP_CATEGORIES,
-        classify_image,
-        search_category,
-    )
-    from space.variants import Variant, load_variants
+    from space import answers, variants
 else:  # run as a script (python space/app.py, or a Space running app.py): its folder's modules are top-level
-    from answers import (
-        DEFAULT_K,
-        DEFAULT_TOP_CATEGORIES,
-        MAX_K,
-        MAX_TOP_CATEGORIES,
-        classify_image,
-        search_category,
-    )
-    from variants import Variant, load_variants
+    import answers
+    import variants
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout, where the README's main job writes outputs/
 DEFAULT_MODEL = "outputs/clip-ita"  # what the README's main job trains
@@ -64,24 +49,24 @@ its most likely categories. Model: *Extending CLIP for Category-to-image Retriev
 (Hendriksen et al., ECIR 2022)."""
 
 
-def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
+def build_blocks(loaded: Sequence[variants.Variant]) -> gr.Blocks:
     """The UI and its two named API endpoints, /search_category and /classify_image."""
-    by_name = {v.name: v for v in variants}
-    tree = CategoryTree(row for v in variants for row in v.index.metadata.column("category").to_pylist())
+    by_name = {v.name: v for v in loaded}
+    tree = CategoryTree(row for v in loaded for row in v.index.metadata.column("category").to_pylist())
     levels = max(1, min(tree.depth, MAX_TREE_LEVELS))
 
-    def pick(name: str | None) -> Variant:
-        return by_name.get(name or "", variants[0])
+    def pick(name: str | None) -> variants.Variant:
+        return by_name.get(name or "", loaded[0])
 
     def run_search(query, k, variant):
         """Category text (seen or unseen) -> the k best-matching products: (images with title,
         category, attributes and score; the hits as records; the answer's latency)."""
-        return search_category(pick(variant), query, k)
+        return answers.search_category(pick(variant), query, k)
 
     def run_classify(image, title, attributes, top, variant):
         """A product image, optionally its title and "key: value" attributes (comma- or line-separated)
         -> its most likely categories with probabilities; the answer's latency."""
-        return classify_image(pick(variant), image, title, attributes, top)
+        return answers.classify_image(pick(variant), image, title, attributes, top)
 
     with gr.Blocks(
         title="CLIP-ITA category-to-image search",
@@ -90,11 +75,11 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
     ) as demo:
         gr.Markdown(INTRO)
         variant = gr.Radio(
-            [v.name for v in variants],
-            value=variants[0].name,
+            [v.name for v in loaded],
+            value=loaded[0].name,
             label="Model variant",
             info="CLIP-I reads images; CLIP-IA adds attributes; CLIP-ITA adds titles too.",
-            visible=len(variants) > 1,
+            visible=len(loaded) > 1,
             elem_id="variant",
         )
         with gr.Tab("Category → products"):
@@ -119,7 +104,9 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
                             scale=4,
                             elem_id="query",
                         )
-                        k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Products (k)", scale=1)
+                        k = gr.Slider(
+                            1, answers.MAX_K, value=answers.DEFAULT_K, step=1, label="Products (k)", scale=1
+                        )
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                     search_latency = gr.Markdown(elem_id="search-latency")
             gallery = gr.Gallery(
@@ -145,7 +132,11 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
                         lines=2,
                     )
                     top = gr.Slider(
-                        1, MAX_TOP_CATEGORIES, value=DEFAULT_TOP_CATEGORIES, step=1, label="Categories"
+                        1,
+                        answers.MAX_TOP_CATEGORIES,
+                        value=answers.DEFAULT_TOP_CATEGORIES,
+                        step=1,
+                        label="Categories",
                     )
                     classify_button = gr.Button("Classify", variant="primary", elem_id="classify-button")
                 with gr.Column():
@@ -202,7 +193,7 @@ def build_app(
     models = [model_dir] if single else list(model_dir)
     indexes = [index_dir] if isinstance(index_dir, (str, os.PathLike)) else list(index_dir)
     models = [None if m is None else str(m) for m in models]
-    return build_blocks(load_variants(models, [str(i) for i in indexes], catalogue, names))
+    return build_blocks(variants.load_variants(models, [str(i) for i in indexes], catalogue, names))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,11 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     args = parse_args(argv)
     try:
-        variants = load_variants(args.model, args.index, args.catalogue, args.name)
+        loaded = variants.load_variants(args.model, args.index, args.catalogue, args.name)
     except (ValueError, OSError) as err:  # missing or mismatched model / index / catalogue: say which
         print(f"error: {err}", file=sys.stderr)
         return 2
-    demo = build_blocks(variants)
+    demo = build_blocks(loaded)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped Space still runs atexit (image cache)
     demo.queue().launch(server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD)
     return 0

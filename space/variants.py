@@ -22,9 +22,9 @@ from clipita.tree import CategoryTree
 from modeling_clipita import MAX_LOGIT_SCALE
 
 if __package__:  # imported as space.variants (tests, bench/space_latency.py)
-    from space.catalogue_images import ProductImages, open_catalogue
+    from space import catalogue_images
 else:  # space/app.py run as a script (locally or in a Space): its folder's modules are top-level
-    from catalogue_images import ProductImages, open_catalogue  # noqa: I001
+    import catalogue_images
 
 logger = logging.getLogger("clipita.space")
 
@@ -38,7 +38,7 @@ class Variant:
     model: Any  # the folder's remote-code CLIP-ITA model, in eval mode
     processor: Any
     index: CatalogueIndex
-    images: ProductImages
+    images: catalogue_images.ProductImages
     category_paths: list[str]
     category_embeds: np.ndarray  # [num categories, d], L2-normalised
 
@@ -94,7 +94,7 @@ def load_variants(
         cache_dir = tempfile.mkdtemp(prefix="clipita-space-")
         atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
     cache = Path(cache_dir)
-    images_by_catalogue: dict[str, ProductImages] = {}
+    images_by_catalogue: dict[str, catalogue_images.ProductImages] = {}
     variants = []
     for i, (model_spec, index_spec) in enumerate(zip(models, indexes)):
         index = CatalogueIndex.load(resolve_index(index_spec))
@@ -110,8 +110,9 @@ def load_variants(
             )
         key = repr((source, recorded.get("split"))) if isinstance(source, str) else f"object-{id(source)}"
         if key not in images_by_catalogue:
-            images_by_catalogue[key] = ProductImages(
-                open_catalogue(source, recorded), cache / f"images-{len(images_by_catalogue)}"
+            images_by_catalogue[key] = catalogue_images.ProductImages(
+                catalogue_images.open_catalogue(source, recorded),
+                cache / f"images-{len(images_by_catalogue)}",
             )
         images = images_by_catalogue[key]
         ids = index.metadata.column("product_id").to_pylist()
