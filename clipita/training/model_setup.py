@@ -56,6 +56,19 @@ def freeze_towers(model: CLIPITAModel, vision: bool, text: bool) -> None:
     clip.logit_scale.requires_grad_(False)
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute the towers' activations in the backward pass (non-reentrant), on any transformers 5.
+
+    transformers renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable` after 5.4
+    and made the old name a deprecated alias (a FutureWarning, removed in v6): the current name where it
+    exists, the old one on the versions that only have it.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLIPITAProcessor]:
     """`--base_model` through `CLIPITAModel.from_clip`, else `bootstrap.build_default_model`; then the
     `--freeze_*` flags."""

@@ -30,7 +30,7 @@ from clipita.training.checkpoints import TrainerState
 from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
 from clipita.training.export import build_metrics, push_to_hub, write_outputs
 from clipita.training.gradcache import contrastive_step
-from clipita.training.model_setup import build_model, optimizer_groups
+from clipita.training.model_setup import build_model, enable_activation_checkpointing, optimizer_groups
 from clipita.training.validation import PRIMARY_METRIC, Validator, flatten_metrics
 from clipita.tree import NodeVocabulary
 
@@ -179,7 +179,7 @@ class Trainer:
         fingerprint = tokenizer_fingerprint(self.processor)
         _check_same_on_all_processes(accelerator, fingerprint)
         if args.gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         modalities = model.config.product_modalities
 
         self.pairs = TrainingPairs(train_rows, args.category_level, args.seed, modality_columns(modalities))
