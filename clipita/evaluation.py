@@ -24,10 +24,10 @@ from typing import Protocol
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
 
 from clipita.encoding import embed_dataset, product_encoder
 from clipita.metrics import metric_module
+from clipita.progress import progress_bar
 from clipita.results import GROUPS, settings_of
 from clipita.schema import modality_columns
 from clipita.tree import LEVELS, Node, PathIndex, query_nodes, seen_nodes
@@ -147,7 +147,7 @@ def evaluate_rankings(
         wrong_common: list[np.ndarray] = []  # shared prefix length of each wrong top-10 product
         wrong_distance: list[np.ndarray] = []
         groups = _groups_by_depth(num_relevant, max_entries, query_batch)
-        for group in tqdm(groups, desc=f"Ranking ({setting})", disable=len(groups) < 4):
+        for group in progress_bar(groups, desc=f"Ranking ({setting})", disable=len(groups) < 4):
             depth = max(ERROR_DEPTH, int(num_relevant[group].max()))
             retrieved = np.asarray(ranker.rank([query_text(nodes[q]) for q in group], depth))
             if retrieved.shape[0] != len(group) or retrieved.ndim != 2:

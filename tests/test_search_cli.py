@@ -114,3 +114,19 @@ def test_query_errors_are_clear(built, capsys):
         and "32-d" in result.stderr
         and str((tmp / "model32").resolve()) in result.stderr
     )
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_a_command_logged_to_a_file_writes_stage_lines_not_bars(built):
+    """Output that is not a terminal gets one line per stage: no bar refreshes, no "Loading weights" bar."""
+    tmp, _, count = built
+    args = ["build", "--model", str(tmp / "model32"), "--dataset", str(tmp / "catalogue"), "--split", "test"]
+    args += ["--output", str(tmp / "index_logged"), "--batch_size", "16", "--shard_size", "25"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "search.py"), *args], capture_output=True, text=True, cwd=tmp
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stderr and "Loading weights" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert f"encoding catalogue: started of {count} product" in lines
+    assert any(line.startswith(f"encoding catalogue: done, {count} product in ") for line in lines)

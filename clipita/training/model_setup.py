@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 import clipita.bootstrap as bootstrap
+from clipita.progress import quiet_loading
 from configuration_clipita import VARIANTS
 from modeling_clipita import CLIPITAModel
 from processing_clipita import CLIPITAProcessor, attribute_strings
@@ -81,9 +82,10 @@ def _build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CL
     if args.base_model:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        model = CLIPITAModel.from_clip(
-            args.base_model, product_modalities=VARIANTS[args.variant], **model_config_overrides(args)
-        )
+        with quiet_loading():
+            model = CLIPITAModel.from_clip(
+                args.base_model, product_modalities=VARIANTS[args.variant], **model_config_overrides(args)
+            )
         image_processor = AutoImageProcessor.from_pretrained(args.base_model)
         if args.image_size:
             logger.warning("--image_size is ignored with --base_model: the base model's processor decides")
