@@ -241,7 +241,7 @@ def test_embed_dataset_skips_broken_rows_and_raises_on_systematic_failure():
         embed_dataset(products, always_fails, chunk_size=2, columns=["x"])
 
 
-def test_eval_cli_end_to_end(tmp_path):
+def test_eval_cli_end_to_end(tmp_path, caplog):
     """eval.py on a generated catalogue and a tiny saved CLIP-ITA: results.json schema and value ranges."""
     import json
 
@@ -265,13 +265,17 @@ def test_eval_cli_end_to_end(tmp_path):
     out = tmp_path / "results.json"
     args = ["--model", str(tmp_path / "clip-ita"), "--dataset", str(catalogue), "--split", "test"]
     args += ["--output", str(out), "--max_queries", "25", "--table", str(tmp_path / "t.md")]
-    returned = main([*args, "--plot", str(tmp_path / "docs" / "p.png")])
+    with caplog.at_level("INFO", logger="eval"):
+        returned = main([*args, "--plot", str(tmp_path / "docs" / "p.png")])
 
     results = json.loads(out.read_text())
     assert results == returned
     assert results["model"] == str(tmp_path / "clip-ita") and results["variant"] == "clip-ita"
     assert (results["dataset"], results["split"]) == (str(catalogue), "test")
-    assert [run["model"] for run in results["baselines"]] == ["bm25", "clip-zero-shot"]
+    # towers trained from scratch: zero-shot CLIP would mean nothing, so it is skipped, saying why
+    assert [run["model"] for run in results["baselines"]] == ["bm25"]
+    skipped = [r.getMessage() for r in caplog.records if "CLIP zero-shot baseline skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "trained from scratch" in skipped[0]
     test_size = len(load_catalogue(str(catalogue), "test"))
     for run in [results, *results["baselines"]]:
         assert run["num_products"] + run["num_skipped"] == test_size
@@ -289,5 +293,14 @@ def test_eval_cli_end_to_end(tmp_path):
     # The demo catalogue holds out leaves from training: the specific setting has unseen queries.
     assert results["settings"]["specific"]["num_queries"]["unseen"] > 0
     table = (tmp_path / "t.md").read_text()
-    assert all(f"| {name} |" in table for name in ("BM25", "CLIP zero-shot", "clip-ita"))
+    assert all(f"| {name} |" in table for name in ("BM25", "clip-ita")) and "CLIP zero-shot" not in table
     assert (tmp_path / "docs" / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+    quick = [*args[:6], "--settings", "general", "--max_queries", "5"]
+    asked = main([*quick, "--output", str(tmp_path / "asked.json"), "--baselines", "clip-zero-shot"])
+    assert [run["model"] for run in asked["baselines"]] == ["clip-zero-shot"]  # asked for: it runs
+    # towers from a pretrained CLIP (what from_clip / train.py --base_model record): it runs by default
+    model.config.base_clip_model = "openai/clip-vit-base-patch32"
+    model.save_pretrained(tmp_path / "clip-ita")
+    pretrained = main([*quick, "--output", str(tmp_path / "pretrained.json")])
+    assert [run["model"] for run in pretrained["baselines"]] == ["bm25", "clip-zero-shot"]
