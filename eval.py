@@ -10,7 +10,11 @@ Prints a table shaped like the paper's Table 1 and writes results.json:
          "overall" | "seen" | "unseen": {"P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10",
                                          "MRR", "nDCG@10": value in [0, 1], or null when the group is empty},
          "num_queries": {"overall": n, "seen": n, "unseen": n},
-         "error_analysis": {"num_wrong": n, "same_path_share": share, "depth_distance": {"1": share, ...}}}},
+         "error_analysis": {"num_wrong": n, "same_path_share": share, "depth_distance": {"1": share, ...}},
+         "sibling_confusion": {"seen_queries": n, "with_unseen_sibling": n, "unseen_sibling_share": share,
+                               "unseen_sibling_share_exposed": share}  (specific only, with a train
+                               split): the mean share of a seen leaf's top 10 taken by products of
+                               its unseen sibling leaves, over all seen leaves / those with an unseen sibling}},
      "baselines": [every other run (other --model folders, BM25, CLIP zero-shot), same keys]}
 
 The first --model is the top-level run. Metric definitions: clipita/metrics/clipita_retrieval/README.md.
@@ -30,6 +34,7 @@ from clipita.evaluation import (
     clipita_embeddings,
     evaluate_dense,
     evaluate_rankings,
+    format_sibling_confusion,
     format_table,
     plot_results,
 )
@@ -214,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     table = format_table(runs_by_name(results))
+    if confusion := format_sibling_confusion(runs_by_name(results)):
+        table += "\n" + confusion
     print(table)
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,14 @@ import pytest
 
 from clipita.baselines import BM25Ranker
 from clipita.encoding import embed_dataset
-from clipita.evaluation import DenseRanker, evaluate_dense, evaluate_rankings, format_table, plot_results
+from clipita.evaluation import (
+    DenseRanker,
+    evaluate_dense,
+    evaluate_rankings,
+    format_table,
+    plot_results,
+    unseen_sibling_share,
+)
 from clipita.metrics import metric_module
 from clipita.tree import query_nodes, seen_nodes
 
@@ -87,6 +94,31 @@ def test_specific_setting_by_hand():
             "3": pytest.approx(4 / 24),
         },
     }
+
+
+def test_sibling_confusion_measures_unseen_siblings_in_a_seen_leafs_top_10():
+    # Seen leaves C (A>B>C) and G (F>G); their unseen siblings D (A>B>D) and H (F>H). Only 6 products:
+    # C's list holds product 1 (A>B>D), G's list product 5 (F>H): 1 of 6 each.
+    result = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN, settings=("specific",))["specific"]
+    assert result["sibling_confusion"] == {
+        "seen_queries": 2,
+        "with_unseen_sibling": 2,
+        "unseen_sibling_share": pytest.approx(1 / 6),
+        "unseen_sibling_share_exposed": pytest.approx(1 / 6),
+    }
+    # G ranked with its unseen sibling H's product first and C with D's twice: shares 2/6 and 1/6.
+    lists = {**LISTS, "C": [1, 1, 0, 4, 2, 3], "G": [5, 3, 0, 1, 2, 4]}
+    result = evaluate_rankings(FixedRanker(lists), PATHS, TRAIN, settings=("specific",))["specific"]
+    assert result["sibling_confusion"]["unseen_sibling_share"] == pytest.approx((2 / 6 + 1 / 6) / 2)
+    assert unseen_sibling_share(np.array([7, 7, 3, 1]), np.array([7])) == 0.5
+    assert unseen_sibling_share(np.arange(20), np.array([0, 15])) == 0.1  # the top 10 only
+    # A seen leaf without unseen siblings counts with share 0 in the mean over seen leaves, not among the
+    # exposed; without a train split, nothing is seen and the measure is absent.
+    only_c = [list("ABC"), list("FG"), list("FH")]
+    result = evaluate_rankings(FixedRanker(LISTS), PATHS, only_c, settings=("specific",))["specific"]
+    assert result["sibling_confusion"]["with_unseen_sibling"] == 1  # C (D unseen); G's sibling H is seen
+    no_train = evaluate_rankings(FixedRanker(LISTS), PATHS, None, settings=("specific", "all"))
+    assert "sibling_confusion" not in no_train["specific"] and "sibling_confusion" not in no_train["all"]
 
 
 def test_general_setting_empty_unseen_group_is_null():
