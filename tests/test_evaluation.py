@@ -142,8 +142,9 @@ def test_without_train_split_seen_and_unseen_are_null():
 def test_results_shape_and_ranges_for_every_setting():
     results = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN)
     assert list(results) == ["all", "general", "specific"]
-    for result in results.values():
-        assert set(result) == {"overall", "seen", "unseen", "num_queries", "error_analysis"}
+    for setting, result in results.items():
+        extra = {"sibling_confusion"} if setting == "specific" else set()
+        assert set(result) == {"overall", "seen", "unseen", "num_queries", "error_analysis", *extra}
         for group in ("overall", "seen", "unseen"):
             assert list(result[group]) == metric_names()
             assert all(v is None or 0.0 <= v <= 1.0 for v in result[group].values())
