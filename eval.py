@@ -1,7 +1,7 @@
 """Evaluate CLIP-ITA checkpoints and baselines on category-to-image retrieval (the paper's protocol).
 
-    python eval.py --model DIR [--model DIR2 ...] --dataset DATASET --split test --output results.json \
-        [--baselines bm25,clip-zero-shot] [--settings all,general,specific] [--batch_size 64] [--max_queries N]
+    python eval.py --model DIR [--model DIR2 ...] --dataset DATASET --split test --output outputs/results.json \
+        [--baselines bm25[,clip-zero-shot]] [--settings all,general,specific] [--batch_size 64] [--max_queries N]
 
 Prints a table shaped like the paper's Table 1 and writes results.json:
 
@@ -10,7 +10,11 @@ Prints a table shaped like the paper's Table 1 and writes results.json:
          "overall" | "seen" | "unseen": {"P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10",
                                          "MRR", "nDCG@10": value in [0, 1], or null when the group is empty},
          "num_queries": {"overall": n, "seen": n, "unseen": n},
-         "error_analysis": {"num_wrong": n, "same_path_share": share, "depth_distance": {"1": share, ...}}}},
+         "error_analysis": {"num_wrong": n, "same_path_share": share, "depth_distance": {"1": share, ...}},
+         "sibling_confusion": {"seen_queries": n, "with_unseen_sibling": n, "unseen_sibling_share": share,
+                               "unseen_sibling_share_exposed": share}  (specific only, with a train
+                               split): the mean share of a seen leaf's top 10 taken by products of
+                               its unseen sibling leaves, over all seen leaves / those with an unseen sibling}},
      "baselines": [every other run (other --model folders, BM25, CLIP zero-shot), same keys]}
 
 The first --model is the top-level run. Metric definitions: clipita/metrics/clipita_retrieval/README.md.
@@ -24,12 +28,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings
+from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings, pretrained_towers
 from clipita.cli import add_loader_arguments, load_from_args
 from clipita.evaluation import (
     clipita_embeddings,
     evaluate_dense,
     evaluate_rankings,
+    format_sibling_confusion,
     format_table,
     plot_results,
 )
@@ -44,7 +49,7 @@ def run_evaluation(
     catalogue,
     split: str = "test",
     model_paths: Sequence[str] = (),
-    baselines: Sequence[str] = tuple(BASELINES),
+    baselines: Sequence[str] | None = None,
     dataset_name: str | None = None,
     zero_shot_from: str | None = None,
     batch_size: int = 64,
@@ -58,10 +63,13 @@ def run_evaluation(
     issue's keys, and every other run, same shape, under "baselines". ``protocol`` goes to `evaluate_rankings`
     (settings, max_queries_per_setting, seed). The zero-shot CLIP baseline uses the CLIP towers and
     projections inside ``zero_shot_from`` (default: the first model), so it is zero-shot only when that
-    model kept CLIP frozen.
+    model kept CLIP frozen. ``baselines=None`` runs BM25, and zero-shot CLIP when those towers come from a
+    pretrained CLIP (`default_baselines`); name it to run it whatever the towers.
     """
     import datasets
 
+    if baselines is None:
+        baselines = default_baselines(zero_shot_from or (model_paths[0] if model_paths else None))
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {tuple(BASELINES)}")
@@ -119,6 +127,23 @@ def run_evaluation(
     return {**runs[primary], "baselines": [r for i, r in enumerate(runs) if i != primary]}
 
 
+def default_baselines(zero_shot_source: str | None) -> list[str]:
+    """BM25, plus zero-shot CLIP when `zero_shot_source`'s towers come from a pretrained CLIP checkpoint;
+    logs one line saying why when zero-shot CLIP is left out."""
+    if zero_shot_source is None:
+        logger.info("CLIP zero-shot baseline skipped: no model to take CLIP towers from")
+        return ["bm25"]
+    base = pretrained_towers(zero_shot_source)
+    if base is None:
+        logger.info(
+            "CLIP zero-shot baseline skipped: the towers of %s were trained from scratch (its config records "
+            "no base_clip_model); --baselines clip-zero-shot runs it anyway",
+            zero_shot_source,
+        )
+        return ["bm25"]
+    return ["bm25", "clip-zero-shot"]
+
+
 def _names(value: str, allowed: Sequence[str], what: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
     unknown = [n for n in names if n not in allowed]
@@ -135,13 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_loader_arguments(parser)
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument(
-        "--output", type=Path, default=Path("results.json"), help="where to write results.json"
+        "--output",
+        type=Path,
+        default=Path("outputs/results.json"),
+        help="where to write results.json (default: outputs/results.json)",
     )
     parser.add_argument(
         "--baselines",
         type=lambda v: _names(v, tuple(BASELINES), "baselines"),
-        default=list(BASELINES),
-        help=f"comma-separated, from {', '.join(BASELINES)}; 'none' for no baseline (default: all)",
+        default=None,
+        help=f"comma-separated, from {', '.join(BASELINES)}; 'none' for no baseline (default: bm25, and "
+        "clip-zero-shot when the model's towers come from a pretrained CLIP, i.e. train.py --base_model)",
     )
     parser.add_argument(
         "--settings",
@@ -168,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.model and not args.baselines:
+    if not args.model and args.baselines == []:
         parser.error("give at least one --model or a baseline")
-    if "clip-zero-shot" in args.baselines and not (args.model or args.zero_shot_from):
+    if "clip-zero-shot" in (args.baselines or []) and not (args.model or args.zero_shot_from):
         parser.error("the clip-zero-shot baseline needs --model or --zero_shot_from")
     catalogue, report = load_from_args(args)
     logger.info("catalogue %s: %s", args.dataset, report)
@@ -190,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     table = format_table(runs_by_name(results))
+    if confusion := format_sibling_confusion(runs_by_name(results)):
+        table += "\n" + confusion
     print(table)
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)

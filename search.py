@@ -3,6 +3,13 @@
     python search.py build --model DIR_OR_HUB_ID --dataset demo --split test --output runs/index
     python search.py query --index runs/index --k 10 --filter "colour: red" "Mugs"
     python search.py query --index runs/index --json "Home > Kitchen"
+    python search.py query --index runs/index --synonyms my_synonyms.json --filter "shade: navy" "Shirts"
+
+A query that names a category of the index ("Ceramic Mugs", "Home > Kitchen") gets its P@10 against the
+indexed products' own category paths printed beside the hits. `--filter` matches keys and values whatever
+their case and through a synonym table (colour / color, ...; clipita.schema.ATTRIBUTE_SYNONYMS) that
+`--synonyms FILE` extends with a JSON object {"keys": {"colour": ["shade"]}, "values": {"grey": ["gray"]}};
+when fewer than k products match, the answer says so and lists only those.
 
 `build` is resumable: run it again after an interruption and encoding continues at the first
 unfinished shard. The index folder records the model that built it; `query` uses that model unless
@@ -22,6 +29,7 @@ from transformers import AutoConfig
 
 from clipita.cli import add_loader_arguments, load_from_args
 from clipita.encoding import product_encoder
+from clipita.evaluation import precision_at_10
 from clipita.index import (
     DEFAULT_EXACT_THRESHOLD,
     DEFAULT_SHARD_SIZE,
@@ -35,6 +43,8 @@ from clipita.index import (
     search,
 )
 from clipita.loading import load_model
+from clipita.schema import PATH_SEPARATOR, synonym_table
+from clipita.tree import CategoryTree, category_nodes
 
 MAX_TEXT_QUERIES = 1000  # category names encoded to measure an approximate index's recall on text
 
@@ -123,14 +133,53 @@ def describe(index: CatalogueIndex) -> str:
     return "\n".join(lines)
 
 
-def format_hits(query: str, hits: list[Hit]) -> str:
-    lines = [f"query: {query!r} ({len(hits)} products)"]
-    for rank, hit in enumerate(hits, 1):
+def answer(query: str, hits: list[Hit], k: int, filters: list[str] | None, paths: list[list[str]]) -> dict:
+    """One query's answer: the top-k hits, the filter's shortfall, and P@10 against the index's own
+    category paths when the query names a category node of the index (`hits` holds the top max(k, 10))."""
+    named = CategoryTree(paths).nodes_named(query)
+    result = {"query": query, "k": k, "filters": filters or [], "category": None, "P@10": None}
+    if named:
+        on_named = [any(node in named for node in category_nodes(h.category)) for h in hits[:10]]
+        num_relevant = sum(any(node in named for node in category_nodes(path)) for path in paths)
+        result["category"] = [PATH_SEPARATOR.join(node) for node in named]
+        result["P@10"] = precision_at_10(on_named, num_relevant)
+    result["num_matching"] = len(hits) if filters and len(hits) < k else None
+    result["note"] = (
+        f"only {len(hits)} products match {' and '.join(repr(f) for f in filters)}: fewer than k={k}"
+        if result["num_matching"] is not None
+        else None
+    )
+    result["hits"] = [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits[:k], 1)]
+    return result
+
+
+def format_answer(result: dict) -> str:
+    lines = [f"query: {result['query']!r} ({len(result['hits'])} products)"]
+    if result["P@10"] is not None:
         lines.append(
-            f"{rank:3d}. {hit.product_id}  {hit.score:.4f}  {hit.title}  [{' > '.join(hit.category)}]  "
-            f"{'; '.join(hit.attributes)}"
+            f"P@10 {result['P@10']:.2f} against the index's category paths: the query names "
+            + ", ".join(repr(c) for c in result["category"])
+        )
+    if result["note"]:
+        lines.append(result["note"])
+    for hit in result["hits"]:
+        lines.append(
+            f"{hit['rank']:3d}. {hit['product_id']}  {hit['score']:.4f}  {hit['title']}  "
+            f"[{' > '.join(hit['category'])}]  {'; '.join(hit['attributes'])}"
         )
     return "\n".join(lines)
+
+
+def read_synonyms(path: str | None) -> dict | None:
+    """--synonyms FILE: a JSON object {"keys": {canonical: [variant, ...]}, "values": {...}}, checked."""
+    if path is None:
+        return None
+    try:
+        extra = json.loads(Path(path).read_text(encoding="utf-8"))
+        synonym_table(extra)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as err:
+        raise ValueError(f"--synonyms {path}: {err}") from None
+    return extra
 
 
 def query(args: argparse.Namespace) -> None:
@@ -144,17 +193,24 @@ def query(args: argparse.Namespace) -> None:
     )  # fail on a dimension mismatch before loading
     if getattr(config, "projection_dim", None) is not None:
         index.check_dim(config.projection_dim, f"model {name}")
+    synonyms = read_synonyms(args.synonyms)
     model, processor = load_model(name, args.device)
-    results = search(args.queries, args.k, model=model, index=index, processor=processor, filters=args.filter)
+    depth = max(args.k, 10)  # P@10 needs the top 10 whatever k
+    results = search(
+        args.queries,
+        depth,
+        model=model,
+        index=index,
+        processor=processor,
+        filters=args.filter,
+        synonyms=synonyms,
+    )
+    paths = index.metadata.column("category").to_pylist()
+    answers = [answer(q, hits, args.k, args.filter, paths) for q, hits in zip(args.queries, results)]
     if args.json:
-        rows = [
-            {"query": q, "rank": rank, **hit.to_dict()}
-            for q, hits in zip(args.queries, results)
-            for rank, hit in enumerate(hits, 1)
-        ]
-        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        print(json.dumps(answers, indent=1, ensure_ascii=False))
     else:
-        print("\n\n".join(format_hits(q, hits) for q, hits in zip(args.queries, results)))
+        print("\n\n".join(format_answer(a) for a in answers))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -189,12 +245,22 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--k", type=int, default=10, help="products per query (all of them when k exceeds the catalogue)"
     )
-    q.add_argument("--json", action="store_true", help="print a JSON list of ranked products")
+    q.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list, one object per query: query, k, filters, category, P@10, num_matching, "
+        "note, hits (rank, product_id, score, title, category, attributes)",
+    )
     q.add_argument(
         "--filter",
         action="append",
         default=None,
-        help="'key: value' attribute every result must carry; repeatable",
+        help="'key: value' attribute every result must carry (any case, synonyms as --synonyms); repeatable",
+    )
+    q.add_argument(
+        "--synonyms",
+        default=None,
+        help='JSON file adding attribute spellings: {"keys": {"colour": ["shade"]}, "values": {"grey": ["gray"]}}',
     )
     q.add_argument("--model", default=None, help="default: the model recorded in the index")
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")

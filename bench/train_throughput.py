@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from clipita.training.model_setup import enable_activation_checkpointing
+
 if __package__:  # imported: python -m bench.train_throughput, or the tests
     from bench import _machine, common
 else:  # run as a script, python bench/train_throughput.py: its folder is on sys.path
@@ -31,14 +33,6 @@ else:  # run as a script, python bench/train_throughput.py: its folder is on sys
 
 SIDES = {"clipita": "CLIP-ITA", "plain": "plain CLIP"}
 RESULT_PREFIX = "RESULT "
-
-
-def enable_checkpointing(model) -> None:
-    """transformers 5 renamed gradient_checkpointing_enable (now a deprecated alias) to activation_checkpointing_enable."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable()
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class LayerForwardCounter:
@@ -99,7 +93,7 @@ def run_worker(args: argparse.Namespace) -> dict:
 
     net = net.to(device).train()
     if args.checkpointing == "on":
-        enable_checkpointing(net)
+        enable_activation_checkpointing(net)
     counter = LayerForwardCounter(net)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
     autocast = torch.autocast(device.type, dtype=_machine.DTYPES[args.dtype], enabled=args.dtype != "float32")

@@ -50,6 +50,16 @@ class BM25Ranker:
         )
 
 
+def pretrained_towers(name_or_path) -> str | None:
+    """The pretrained CLIP a CLIP-ITA's towers started from (`base_clip_model`, recorded by
+    `CLIPITAModel.from_clip` / train.py --base_model), or None when they were trained from scratch: zero-shot
+    CLIP through towers trained from scratch on the catalogue is not the paper's baseline and means nothing."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=True)
+    return getattr(config, "base_clip_model", None)
+
+
 def _unit(features) -> torch.Tensor:
     """L2-normalised embeddings from `get_*_features`: transformers' output object (`pooler_output`, the
     projected, unnormalised embedding) or a plain tensor."""

@@ -37,9 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from tqdm.auto import tqdm
 
 from clipita.fileio import write_atomic, write_json
+from clipita.progress import progress_bar
 from clipita.schema import FEATURES, PATH_SEPARATOR, SPLITS, path_text
 
 GENERATOR_VERSION = 1
@@ -1109,7 +1109,7 @@ def generate_catalogue(
         for k, chunk in enumerate(np.array_split(idx, n_shards)):
             path = out / split / f"{split}-{k:05d}-of-{n_shards:05d}.parquet"
             jobs.append((str(path), chunk, leaf_of[chunk], seed, image_size))
-    bar = tqdm(total=num_products, desc="generating catalogue", unit="product", disable=not progress)
+    bar = progress_bar(total=num_products, desc="generating catalogue", unit="product", disable=not progress)
     if num_proc > 1:
         with ProcessPoolExecutor(num_proc, mp_context=get_context("spawn")) as pool:
             for done in as_completed([pool.submit(_write_shard, job) for job in jobs]):

@@ -22,14 +22,40 @@ def _list_or_str(text: str) -> str | list[str] | None:
     return [part.strip() for part in text.split(",")] if "," in text else text
 
 
+class OneDefaultHelpFormatter(argparse.HelpFormatter):
+    """Every option's default shown once: the one its help words ("default: ..."), else its value.
+
+    argparse's ArgumentDefaultsHelpFormatter appends "(default: X)" even after a help that already states
+    the default in words, and shows "(default: None)" where None means "unset"; here a help that says
+    "default" is left as it is, and an option whose default is None must say in words what None means.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or not action.option_strings:
+            return text
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: %(default)s)"
+
+
 def add_loader_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The catalogue flags every command line shares, so they mean the same everywhere."""
     g = parser.add_argument_group("catalogue")
     g.add_argument("--dataset", default="demo", help="'demo', a local folder or file, or a Hub dataset id")
     g.add_argument(
-        "--preset", choices=sorted(PRESETS), default=None, help="column names of a well-known catalogue shape"
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="column names of a well-known catalogue shape (default: none, the column flags as given)",
     )
-    g.add_argument("--image_column", default="image")
+    g.add_argument(
+        "--image_column",
+        default="image",
+        help="the image column: an image feature, bytes, or a relative path",
+    )
     g.add_argument("--title_column", default="title", help="'' when the catalogue has no titles")
     g.add_argument(
         "--attributes_column",
@@ -42,9 +68,13 @@ def add_loader_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         default="category",
         help="a column holding the path (list or joined string), or comma-separated columns root,...,leaf",
     )
-    g.add_argument("--id_column", default="product_id")
     g.add_argument(
-        "--category_separator", default=PATH_SEPARATOR, help="separator of a category path held in one string"
+        "--id_column", default="product_id", help="unique product ids (made from the row number when absent)"
+    )
+    g.add_argument(
+        "--category_separator",
+        default=PATH_SEPARATOR,
+        help="separator of a category path held in one string (default: ' > ')",
     )
     g.add_argument(
         "--streaming", action="store_true", help="stream the source instead of downloading it whole"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clipita.progress import progress_bar
 from clipita.schema import MODALITY_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -200,12 +201,10 @@ def embed_dataset(
 
     If no row of the first chunk can be encoded the error is systematic (wrong model or columns): raised.
     """
-    from tqdm.auto import tqdm
-
     total = len(dataset)
     out: np.ndarray | None = None
     failures: list[Failure] = []
-    with tqdm(total=total, desc=desc, unit="product", disable=total <= chunk_size) as bar:
+    with progress_bar(total=total, desc=desc, unit="product", disable=total <= chunk_size) as bar:
         for i, chunk in enumerate(encode_chunks(dataset, encode_batch, chunk_size, columns=columns)):
             failures += chunk.failures
             if chunk.embeddings is None:

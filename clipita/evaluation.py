@@ -12,7 +12,8 @@ Result shape (one entry of ``results["settings"]``; the whole results.json is de
     {"overall" | "seen" | "unseen": {"P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10",
                                      "MRR", "nDCG@10": float in [0, 1], or null for an empty group},
      "num_queries": {"overall": n, "seen": n, "unseen": n},  (seen / unseen null without a train split)
-     "error_analysis": {"num_wrong": n, "same_path_share": float | null, "depth_distance": {"d": share}}}
+     "error_analysis": {"num_wrong": n, "same_path_share": float | null, "depth_distance": {"d": share}},
+     "sibling_confusion": {...}}  (the specific setting only; see `sibling_confusion`)
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from typing import Protocol
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
 
 from clipita.encoding import embed_dataset, product_encoder
 from clipita.metrics import metric_module
+from clipita.progress import progress_bar
 from clipita.results import GROUPS, settings_of
 from clipita.schema import modality_columns
-from clipita.tree import LEVELS, Node, PathIndex, query_nodes, seen_nodes
+from clipita.tree import LEVELS, CategoryTree, Node, PathIndex, is_unseen, query_nodes, seen_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +144,15 @@ def evaluate_rankings(
         num_relevant = index.counts[node_ids]
         ancestors = index.ancestors(nodes)
 
+        siblings = unseen_sibling_ids(nodes, index, seen) if setting == "specific" else None
+        confusion = np.full(
+            len(nodes), np.nan
+        )  # per seen leaf query: share of its top 10 from unseen siblings
         per_query: dict[str, np.ndarray] = {}
         wrong_common: list[np.ndarray] = []  # shared prefix length of each wrong top-10 product
         wrong_distance: list[np.ndarray] = []
         groups = _groups_by_depth(num_relevant, max_entries, query_batch)
-        for group in tqdm(groups, desc=f"Ranking ({setting})", disable=len(groups) < 4):
+        for group in progress_bar(groups, desc=f"Ranking ({setting})", disable=len(groups) < 4):
             depth = max(ERROR_DEPTH, int(num_relevant[group].max()))
             retrieved = np.asarray(ranker.rank([query_text(nodes[q]) for q in group], depth))
             if retrieved.shape[0] != len(group) or retrieved.ndim != 2:
@@ -165,6 +170,11 @@ def evaluate_rankings(
             top = retrieved[:, :ERROR_DEPTH]
             common = (index.at_depth[top] == ancestors[group][:, None, :]).sum(axis=2)
             wrong = ~relevance[:, :ERROR_DEPTH]
+            if siblings is not None:
+                top_nodes = index.at_depth[top, (depths[group] - 1)[:, None]]
+                for row, q in enumerate(group):
+                    if siblings[q] is not None:
+                        confusion[q] = unseen_sibling_share(top_nodes[row], siblings[q])
             wrong_common.append(common[wrong])
             wrong_distance.append((depths[group][:, None] - common)[wrong])
 
@@ -182,7 +192,54 @@ def evaluate_rankings(
         results[setting]["error_analysis"] = _error_analysis(
             np.concatenate(wrong_common), np.concatenate(wrong_distance)
         )
+        if siblings is not None:
+            results[setting]["sibling_confusion"] = sibling_confusion(confusion, siblings)
     return results
+
+
+def unseen_sibling_ids(nodes: Sequence[Node], index: PathIndex, seen: set[Node] | None) -> list | None:
+    """For each query node: None when it is unseen (or seen / unseen is unknown), else the node ids (in
+    `index`) of its unseen siblings, the other children of its parent that no training product has."""
+    if seen is None:
+        return None
+    tree = CategoryTree(list(index.node_ids))
+    out: list[np.ndarray | None] = []
+    for node in nodes:
+        if is_unseen(node, seen):
+            out.append(None)
+            continue
+        parent = node[:-1]
+        sibling_nodes = [parent + (name,) for name in tree.children(parent) if parent + (name,) != node]
+        out.append(np.array([index.node_ids[s] for s in sibling_nodes if is_unseen(s, seen)], dtype=np.int64))
+    return out
+
+
+def unseen_sibling_share(top_nodes: np.ndarray, sibling_ids: np.ndarray) -> float:
+    """One query: the share of its top-10 products (their node ids at the query's depth) that belong to
+    an unseen sibling of the query. 0 when it has no unseen sibling."""
+    top_nodes = np.asarray(top_nodes)[:ERROR_DEPTH]
+    return float(np.isin(top_nodes, sibling_ids).mean()) if len(top_nodes) else 0.0
+
+
+def sibling_confusion(shares: np.ndarray, siblings: list) -> dict:
+    """The known failure of category retrieval on held-out leaves: products of an unseen sibling leaf
+    crowd a seen leaf's results. Mean share of a seen leaf query's top 10 taken by products of its unseen
+    siblings, over every seen leaf query, and over those that have an unseen sibling."""
+    seen = np.array([s is not None for s in siblings], dtype=bool)
+    exposed = np.array([s is not None and len(s) > 0 for s in siblings], dtype=bool)
+    return {
+        "seen_queries": int(seen.sum()),
+        "with_unseen_sibling": int(exposed.sum()),
+        "unseen_sibling_share": _mean_or_none(shares, seen),
+        "unseen_sibling_share_exposed": _mean_or_none(shares, exposed),
+    }
+
+
+def precision_at_10(relevance: Sequence[bool], num_relevant: int) -> float:
+    """P@10 of one ranked list (`relevance` best first, `num_relevant` relevant products in all), through
+    the metric module: what `search.py query` prints beside the hits of a query that names a category."""
+    scores = metric_module().per_query_scores(np.asarray([relevance], dtype=bool), np.array([num_relevant]))
+    return float(scores["P@10"][0])
 
 
 def _error_analysis(common: np.ndarray, distance: np.ndarray) -> dict:
@@ -251,6 +308,25 @@ def format_table(results_by_model: dict[str, dict], metrics: Sequence[str] = ("P
                 cells.append(" / ".join("-" if v is None else f"{100 * v:.2f}" for v in values))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_sibling_confusion(results_by_model: dict[str, dict]) -> str:
+    """One line per run: the specific setting's sibling confusion (`sibling_confusion`), in %."""
+    lines = []
+    for model, result in results_by_model.items():
+        conf = settings_of(result).get("specific", {}).get("sibling_confusion") or {}
+        if conf.get("unseen_sibling_share") is None:
+            continue
+        exposed = conf["unseen_sibling_share_exposed"]
+        lines.append(
+            f"- {model}: {100 * conf['unseen_sibling_share']:.2f}% of a seen leaf's top 10 are products of "
+            f"unseen sibling leaves (mean over {conf['seen_queries']} seen leaves; "
+            + ("-" if exposed is None else f"{100 * exposed:.2f}%")
+            + f" over the {conf['with_unseen_sibling']} that have an unseen sibling)"
+        )
+    if not lines:
+        return ""
+    return "Sibling confusion (specific setting):\n\n" + "\n".join(lines) + "\n"
 
 
 def plot_results(results_by_model: dict[str, dict], path: str | Path, metric: str = "P@10") -> Path:

@@ -196,7 +196,9 @@ import json, sys
 import numpy as np
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
+from transformers.utils.logging import disable_progress_bar
 
+disable_progress_bar()  # the check's output is a JSON line, no "Loading weights" bar
 folder = sys.argv[1]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from clipita.progress import quiet_loading
+
 
 def default_device() -> str:
     import torch
@@ -24,7 +26,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | None = None, **kwa
     from transformers import AutoModel, AutoProcessor
 
     name_or_path = str(name_or_path)
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, **kwargs)
+    with quiet_loading():
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, **kwargs)
     model = model.to(device or default_device()).eval()
     processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
     model.processor = processor

@@ -2,7 +2,8 @@
 
     {"name": row name, "model": DIR or baseline id, "dataset": ..., "split": ..., "num_products": n,
      "num_skipped": n, "settings": {level: {"overall" | "seen" | "unseen": {metric: value in [0, 1] or null},
-                                            "num_queries": {...}, "error_analysis": {...}}},
+                                            "num_queries": {...}, "error_analysis": {...},
+                                            "sibling_confusion": {...} (specific only)}},
      "baselines": [every other run, same keys]}
 
 A file may also hold {name: run} (several files merged by hand); `runs_of` reads both shapes.

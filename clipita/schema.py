@@ -58,12 +58,52 @@ def parse_attributes(value: Any) -> list[str]:
     return [str(value)]
 
 
-def normalise_attribute(text: str) -> str:
-    """'Colour : Red ' -> 'colour: red': the form filters and stored attributes are compared in."""
+# Spellings of one attribute key or value, canonical -> variants: filters and stored attributes are compared
+# after mapping every variant onto its canonical form. Small on purpose; extend it per catalogue with
+# `synonym_table(extra)` (search.py query --synonyms FILE: a JSON object of this shape).
+ATTRIBUTE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "keys": {
+        "colour": ("color", "colours", "colors"),
+        "size": ("sizes",),
+        "material": ("materials",),
+    },
+    "values": {"grey": ("gray",)},
+}
+
+
+def synonym_table(extra: Mapping | None = None) -> dict[str, dict[str, str]]:
+    """{"keys" | "values": {variant: canonical}} from `ATTRIBUTE_SYNONYMS` plus `extra` (same shape:
+    {"keys": {canonical: [variant, ...]}, "values": {...}}), all lower case."""
+    table: dict[str, dict[str, str]] = {"keys": {}, "values": {}}
+    for source in (ATTRIBUTE_SYNONYMS, extra or {}):
+        if not isinstance(source, Mapping) or set(source) - set(table):
+            raise ValueError(
+                f'synonyms must be an object with "keys" and/or "values", got {sorted(source)!r}'
+                if isinstance(source, Mapping)
+                else f"synonyms must be a JSON object, got {type(source).__name__}"
+            )
+        for part, groups in source.items():
+            if not isinstance(groups, Mapping):
+                raise ValueError(f'synonyms "{part}" must map a canonical form to a list of variants')
+            for canonical, variants in groups.items():
+                if isinstance(variants, str) or not all(isinstance(v, str) for v in variants):
+                    raise ValueError(
+                        f'synonyms "{part}" -> {canonical!r}: variants must be a list of strings'
+                    )
+                for variant in (canonical, *variants):
+                    table[part][variant.strip().lower()] = str(canonical).strip().lower()
+    return table
+
+
+def normalise_attribute(text: str, synonyms: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """'Color : Red ' -> 'colour: red': the form filters and stored attributes are compared in (case and
+    spaces folded, key and value spellings mapped by `synonyms`, a `synonym_table`; default: the built-in)."""
     key, sep, value = text.partition(":")
     if not sep or not key.strip():
         raise ValueError(f"attribute {text!r} is not of the form 'key: value'")
-    return f"{key.strip().lower()}: {value.strip().lower()}"
+    table = synonym_table() if synonyms is None else synonyms
+    key, value = key.strip().lower(), value.strip().lower()
+    return f"{table['keys'].get(key, key)}: {table['values'].get(value, value)}"
 
 
 def parse_category(value: Any, separator: str | None = PATH_SEPARATOR) -> list[str]:

@@ -120,6 +120,16 @@ class CategoryTree:
         visit(())
         return out
 
+    def nodes_named(self, text: str, separator: str = ">") -> list[Node]:
+        """The nodes a query names, case-insensitively: a path ("Home > Kitchen > Mugs") names that node,
+        a single name ("Mugs") every node ending in it; [] when it names none of this tree's nodes."""
+        wanted = tuple(part.strip().casefold() for part in text.split(separator) if part.strip())
+        if not wanted:
+            return []
+        if len(wanted) > 1:
+            return [n for n in self.nodes() if tuple(p.casefold() for p in n) == wanted]
+        return [n for n in self.nodes() if n[-1].casefold() == wanted[0]]
+
     @property
     def depth(self) -> int:
         return max((len(prefix) + 1 for prefix in self._children), default=0)

@@ -7,7 +7,14 @@ import pytest
 
 from clipita.baselines import BM25Ranker
 from clipita.encoding import embed_dataset
-from clipita.evaluation import DenseRanker, evaluate_dense, evaluate_rankings, format_table, plot_results
+from clipita.evaluation import (
+    DenseRanker,
+    evaluate_dense,
+    evaluate_rankings,
+    format_table,
+    plot_results,
+    unseen_sibling_share,
+)
 from clipita.metrics import metric_module
 from clipita.tree import query_nodes, seen_nodes
 
@@ -89,6 +96,31 @@ def test_specific_setting_by_hand():
     }
 
 
+def test_sibling_confusion_measures_unseen_siblings_in_a_seen_leafs_top_10():
+    # Seen leaves C (A>B>C) and G (F>G); their unseen siblings D (A>B>D) and H (F>H). Only 6 products:
+    # C's list holds product 1 (A>B>D), G's list product 5 (F>H): 1 of 6 each.
+    result = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN, settings=("specific",))["specific"]
+    assert result["sibling_confusion"] == {
+        "seen_queries": 2,
+        "with_unseen_sibling": 2,
+        "unseen_sibling_share": pytest.approx(1 / 6),
+        "unseen_sibling_share_exposed": pytest.approx(1 / 6),
+    }
+    # G ranked with its unseen sibling H's product first and C with D's twice: shares 2/6 and 1/6.
+    lists = {**LISTS, "C": [1, 1, 0, 4, 2, 3], "G": [5, 3, 0, 1, 2, 4]}
+    result = evaluate_rankings(FixedRanker(lists), PATHS, TRAIN, settings=("specific",))["specific"]
+    assert result["sibling_confusion"]["unseen_sibling_share"] == pytest.approx((2 / 6 + 1 / 6) / 2)
+    assert unseen_sibling_share(np.array([7, 7, 3, 1]), np.array([7])) == 0.5
+    assert unseen_sibling_share(np.arange(20), np.array([0, 15])) == 0.1  # the top 10 only
+    # A seen leaf without unseen siblings counts with share 0 in the mean over seen leaves, not among the
+    # exposed; without a train split, nothing is seen and the measure is absent.
+    only_c = [list("ABC"), list("FG"), list("FH")]
+    result = evaluate_rankings(FixedRanker(LISTS), PATHS, only_c, settings=("specific",))["specific"]
+    assert result["sibling_confusion"]["with_unseen_sibling"] == 1  # C (D unseen); G's sibling H is seen
+    no_train = evaluate_rankings(FixedRanker(LISTS), PATHS, None, settings=("specific", "all"))
+    assert "sibling_confusion" not in no_train["specific"] and "sibling_confusion" not in no_train["all"]
+
+
 def test_general_setting_empty_unseen_group_is_null():
     result = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN, settings=("general",))["general"]
     assert result["num_queries"] == {"overall": 2, "seen": 2, "unseen": 0}
@@ -110,8 +142,9 @@ def test_without_train_split_seen_and_unseen_are_null():
 def test_results_shape_and_ranges_for_every_setting():
     results = evaluate_rankings(FixedRanker(LISTS), PATHS, TRAIN)
     assert list(results) == ["all", "general", "specific"]
-    for result in results.values():
-        assert set(result) == {"overall", "seen", "unseen", "num_queries", "error_analysis"}
+    for setting, result in results.items():
+        extra = {"sibling_confusion"} if setting == "specific" else set()
+        assert set(result) == {"overall", "seen", "unseen", "num_queries", "error_analysis", *extra}
         for group in ("overall", "seen", "unseen"):
             assert list(result[group]) == metric_names()
             assert all(v is None or 0.0 <= v <= 1.0 for v in result[group].values())
@@ -241,7 +274,7 @@ def test_embed_dataset_skips_broken_rows_and_raises_on_systematic_failure():
         embed_dataset(products, always_fails, chunk_size=2, columns=["x"])
 
 
-def test_eval_cli_end_to_end(tmp_path):
+def test_eval_cli_end_to_end(tmp_path, caplog):
     """eval.py on a generated catalogue and a tiny saved CLIP-ITA: results.json schema and value ranges."""
     import json
 
@@ -265,13 +298,17 @@ def test_eval_cli_end_to_end(tmp_path):
     out = tmp_path / "results.json"
     args = ["--model", str(tmp_path / "clip-ita"), "--dataset", str(catalogue), "--split", "test"]
     args += ["--output", str(out), "--max_queries", "25", "--table", str(tmp_path / "t.md")]
-    returned = main([*args, "--plot", str(tmp_path / "docs" / "p.png")])
+    with caplog.at_level("INFO", logger="eval"):
+        returned = main([*args, "--plot", str(tmp_path / "docs" / "p.png")])
 
     results = json.loads(out.read_text())
     assert results == returned
     assert results["model"] == str(tmp_path / "clip-ita") and results["variant"] == "clip-ita"
     assert (results["dataset"], results["split"]) == (str(catalogue), "test")
-    assert [run["model"] for run in results["baselines"]] == ["bm25", "clip-zero-shot"]
+    # towers trained from scratch: zero-shot CLIP would mean nothing, so it is skipped, saying why
+    assert [run["model"] for run in results["baselines"]] == ["bm25"]
+    skipped = [r.getMessage() for r in caplog.records if "CLIP zero-shot baseline skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "trained from scratch" in skipped[0]
     test_size = len(load_catalogue(str(catalogue), "test"))
     for run in [results, *results["baselines"]]:
         assert run["num_products"] + run["num_skipped"] == test_size
@@ -289,5 +326,14 @@ def test_eval_cli_end_to_end(tmp_path):
     # The demo catalogue holds out leaves from training: the specific setting has unseen queries.
     assert results["settings"]["specific"]["num_queries"]["unseen"] > 0
     table = (tmp_path / "t.md").read_text()
-    assert all(f"| {name} |" in table for name in ("BM25", "CLIP zero-shot", "clip-ita"))
+    assert all(f"| {name} |" in table for name in ("BM25", "clip-ita")) and "CLIP zero-shot" not in table
     assert (tmp_path / "docs" / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+    quick = [*args[:6], "--settings", "general", "--max_queries", "5"]
+    asked = main([*quick, "--output", str(tmp_path / "asked.json"), "--baselines", "clip-zero-shot"])
+    assert [run["model"] for run in asked["baselines"]] == ["clip-zero-shot"]  # asked for: it runs
+    # towers from a pretrained CLIP (what from_clip / train.py --base_model record): it runs by default
+    model.config.base_clip_model = "openai/clip-vit-base-patch32"
+    model.save_pretrained(tmp_path / "clip-ita")
+    pretrained = main([*quick, "--output", str(tmp_path / "pretrained.json")])
+    assert [run["model"] for run in pretrained["baselines"]] == ["bm25", "clip-zero-shot"]

@@ -28,7 +28,7 @@ from clipita.index import (
 )
 from clipita.index import catalogue_index as catalogue_index_module
 from clipita.schema import FEATURES as CANONICAL_FEATURES
-from clipita.schema import normalise_attribute
+from clipita.schema import normalise_attribute, synonym_table
 
 DIM = 16
 
@@ -314,6 +314,33 @@ def test_attribute_filters_case_insensitive_and_all_required():
     with pytest.raises(ValueError, match="'key: value'"):
         index.search(q, k=5, filters=["red"])
     assert normalise_attribute(" Colour:Red ") == "colour: red"
+
+
+def test_attribute_filters_match_key_and_value_spellings_through_synonyms():
+    meta = metadata_for(40)
+    for i, row in enumerate(meta):  # a quarter of the red products spell the key "Color", some "COLOR"
+        if i % 4 == 0 and i % 8 == 0:
+            row["attributes"] = [f"{'Color' if i % 16 else 'COLOR'} : Red", *row["attributes"][1:]]
+    index = CatalogueIndex.build(clustered(40), meta, progress=False)
+    q = clustered(1, seed=3)
+    red = {i for i in range(40) if i % 4 == 0}
+    for spelling in ("colour: red", "color: RED", "Colours:red"):
+        assert {int(h.product_id[1:]) for h in index.search(q, k=100, filters=[spelling])[0]} == red
+    # a table the user extends: "shade" is another key for colour, "crimson" a value for red
+    extra = {"keys": {"colour": ["shade"]}, "values": {"red": ["crimson"]}}
+    hits = index.search(q, k=100, filters=["shade: crimson"], synonyms=extra)[0]
+    assert {int(h.product_id[1:]) for h in hits} == red
+    assert index.search(q, k=100, filters=["shade: crimson"]) == [[]]  # not in the built-in table
+    # fewer matching products than k: only they come back, no padding with others
+    assert len(index.search(q, k=50, filters=["colour: red", "size: large"])[0]) == len(
+        {i for i in red if i % 3 == 0}
+    )
+    assert normalise_attribute("Color: Gray") == "colour: grey"
+    assert synonym_table(extra)["keys"]["shade"] == "colour"
+    with pytest.raises(ValueError, match="variants must be a list"):
+        synonym_table({"keys": {"colour": "shade"}})
+    with pytest.raises(ValueError, match='"keys" and/or "values"'):
+        synonym_table({"colour": ["shade"]})
 
 
 class FakeModel:

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from clipita.bootstrap import register_auto_classes
 from clipita.training.arguments import parse_args
-from clipita.training.model_setup import build_model
+from clipita.training.model_setup import build_model, enable_activation_checkpointing
 from configuration_clipita import DEFAULT_LEARNABLE_TEMPERATURE, DEFAULT_TEMPERATURE, CLIPITAConfig
 from modeling_clipita import CLIPITAModel, clipita_contrastive_loss
 from tests.conftest import run_clean_python, tiny_model
@@ -395,7 +395,7 @@ def test_gradient_checkpointing_and_attention_pass_through():
     assert model.clip.text_model.config._attn_implementation == "eager"
     model.set_attn_implementation("sdpa")
     assert model.clip.vision_model.config._attn_implementation == "sdpa"
-    model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model)  # the current name, warning-free on every transformers 5
     assert model.clip.vision_model.encoder.gradient_checkpointing
     assert model.clip.text_model.encoder.gradient_checkpointing
     model.train()

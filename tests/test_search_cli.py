@@ -38,9 +38,14 @@ def built(tmp_path_factory):
     return tmp, tmp / "index", count
 
 
-def run_query(capsys, index: Path, *args: str) -> list[dict]:
+def run_answers(capsys, index: Path, *args: str) -> list[dict]:
     assert search_cli.main(["query", "--index", str(index), "--json", *args]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def run_query(capsys, index: Path, *args: str) -> list[dict]:
+    """The ranked products of every query, each with its query."""
+    return [{"query": a["query"], **hit} for a in run_answers(capsys, index, *args) for hit in a["hits"]]
 
 
 def test_build_writes_a_complete_index_folder(built):
@@ -114,3 +119,55 @@ def test_query_errors_are_clear(built, capsys):
         and "32-d" in result.stderr
         and str((tmp / "model32").resolve()) in result.stderr
     )
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_a_command_logged_to_a_file_writes_stage_lines_not_bars(built):
+    """Output that is not a terminal gets one line per stage: no bar refreshes, no "Loading weights" bar."""
+    tmp, _, count = built
+    args = ["build", "--model", str(tmp / "model32"), "--dataset", str(tmp / "catalogue"), "--split", "test"]
+    args += ["--output", str(tmp / "index_logged"), "--batch_size", "16", "--shard_size", "25"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "search.py"), *args], capture_output=True, text=True, cwd=tmp
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stderr and "Loading weights" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert f"encoding catalogue: started of {count} product" in lines
+    assert any(line.startswith(f"encoding catalogue: done, {count} product in ") for line in lines)
+
+
+def test_query_says_when_the_filter_leaves_fewer_than_k_and_prints_p10_of_named_categories(built, capsys):
+    tmp, index, count = built
+    everything = run_query(capsys, index, "--k", "1000", "Mugs")
+    attribute = everything[-1]["attributes"][0]
+    matching = [r for r in everything if attribute.lower() in [a.lower() for a in r["attributes"]]]
+    assert 0 < len(matching) < count
+    [answer] = run_answers(capsys, index, "--k", str(len(matching) + 5), "--filter", attribute, "Mugs")
+    assert answer["num_matching"] == len(matching) and len(answer["hits"]) == len(matching)
+    assert (
+        answer["note"]
+        == f"only {len(matching)} products match {attribute!r}: fewer than k={len(matching) + 5}"
+    )
+    [enough] = run_answers(capsys, index, "--k", "1", "--filter", attribute, "Mugs")
+    assert enough["num_matching"] is None and enough["note"] is None and len(enough["hits"]) == 1
+    # a query naming a category of the index: its P@10 against the indexed paths, and which node it named
+    leaf = everything[0]["category"]
+    [named] = run_answers(capsys, index, "--k", "3", " > ".join(leaf).lower())
+    top10 = run_query(capsys, index, "--k", "10", " > ".join(leaf))
+    assert named["category"] == [" > ".join(leaf)] and len(named["hits"]) == 3
+    assert named["P@10"] == sum(r["category"] == leaf for r in top10) / 10
+    [unnamed] = run_answers(capsys, index, "--k", "3", "no such category")
+    assert unnamed["category"] is None and unnamed["P@10"] is None
+    assert search_cli.main(["query", "--index", str(index), "--k", "2", " > ".join(leaf)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"P@10 {named['P@10']:.2f} against the index's category paths: the query names '{' > '.join(leaf)}'"
+        in out
+    )
+    assert search_cli.main(["query", "--index", str(index), "--k", "2", "no such category"]) == 0
+    assert "P@10" not in capsys.readouterr().out
+    synonyms = tmp / "synonyms.json"
+    synonyms.write_text('{"keys": {"colour": "shade"}}')
+    assert search_cli.main(["query", "--index", str(index), "--synonyms", str(synonyms), "Mugs"]) == 2
+    assert "variants must be a list" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 
 from clipita.schema import modality_columns
 from clipita.training import checkpoints as ckpt
-from clipita.training.arguments import parse_args
+from clipita.training.arguments import build_parser, parse_args
 from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
 from clipita.training.model_setup import freeze_towers, optimizer_groups
 from clipita.tree import NodeVocabulary, node_at_level
@@ -155,6 +155,31 @@ def test_arguments_defaults_and_errors(capsys):
     assert "--per_device_train_batch_size must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--category_level", "leaf"])
+
+
+def test_train_help_gives_every_option_a_help_line_and_one_default(monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option name, one per its help
+    entries: dict[str, str] = {}
+    name = None
+    for line in build_parser().format_help().splitlines():
+        if re.match(r"^  -", line):
+            name, _, help_text = line.strip().partition("  ")
+            entries[name] = help_text.strip()
+        elif name is not None and line.startswith("    ") and line.strip():
+            entries[name] = f"{entries[name]} {line.strip()}".strip()
+        else:
+            name = None
+    assert len(entries) > 40 and "--per_device_train_batch_size PER_DEVICE_TRAIN_BATCH_SIZE" in entries
+    for option, help_text in entries.items():
+        if option.startswith("-h"):
+            continue
+        assert help_text, f"{option} has no help line"
+        assert help_text.lower().count("default") == 1, (
+            f"{option} shows {help_text.lower().count('default')} defaults: {help_text!r}"
+        )
+    assert "(default: 64)" in entries["--image_size IMAGE_SIZE"]
 
 
 def test_a_tracker_that_is_not_installed_is_an_error(monkeypatch, capsys):

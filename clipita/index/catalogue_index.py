@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +29,7 @@ from clipita.index.kinds import (
     measure_recall,
 )
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
-from clipita.schema import normalise_attribute
+from clipita.schema import normalise_attribute, synonym_table
 
 MANIFEST_FILE = "manifest.json"
 
@@ -94,7 +94,7 @@ class CatalogueIndex:
         self.metadata = metadata
         self.manifest = manifest
         self.path = path
-        self._attribute_rows: tuple[pa.Array, np.ndarray] | None = None
+        self._attribute_rows: tuple[list, np.ndarray, np.ndarray] | None = None
 
     @property
     def dim(self) -> int:
@@ -203,25 +203,40 @@ class CatalogueIndex:
                 f"{self.dim}-d embeddings built by {self.model_name}; rebuild the index with this model"
             )
 
-    def rows_matching(self, filters: Sequence[str]) -> np.ndarray:
-        """Sorted row numbers of the products that carry every `key: value` attribute (case-insensitive)."""
-        wanted = [normalise_attribute(f) for f in filters]
-        if self._attribute_rows is None:
+    def rows_matching(self, filters: Sequence[str], synonyms: Mapping | None = None) -> np.ndarray:
+        """Sorted row numbers of the products that carry every `key: value` attribute.
+
+        Filters and stored attributes are both put through `clipita.schema.normalise_attribute`: case and
+        spaces do not matter, and key / value spellings in the synonym table match ("color: Red" finds
+        "Colour: red"). `synonyms` adds to the built-in table (`clipita.schema.synonym_table`'s shape).
+        """
+        table = synonym_table(synonyms)
+        wanted = [normalise_attribute(f, table) for f in filters]
+        if self._attribute_rows is None:  # each distinct stored attribute once, and where it occurs
             attrs = self.metadata.column("attributes").combine_chunks()
-            flat = pc.utf8_lower(pc.utf8_trim_whitespace(pc.list_flatten(attrs)))
-            flat = pc.replace_substring_regex(flat, r"\s*:\s*", ": ", max_replacements=1)
-            self._attribute_rows = (flat, pc.list_parent_indices(attrs).to_numpy())
-        values, parents = self._attribute_rows
+            flat = pc.list_flatten(attrs)
+            distinct = pc.unique(flat)
+            self._attribute_rows = (
+                distinct.to_pylist(),
+                pc.index_in(flat, value_set=distinct).to_numpy(zero_copy_only=False),
+                pc.list_parent_indices(attrs).to_numpy(),
+            )
+        distinct, positions, parents = self._attribute_rows
+        normalised = np.array([_normalised_or_none(a, table) for a in distinct], dtype=object)
         rows = np.arange(len(self))
         for attribute in wanted:
-            match = pc.equal(values, attribute).to_numpy(zero_copy_only=False)
-            rows = np.intersect1d(rows, parents[match])
+            rows = np.intersect1d(rows, parents[normalised[positions] == attribute])
         return rows
 
     def search(
-        self, query_embeds: np.ndarray, k: int = 10, filters: Sequence[str] | None = None
+        self,
+        query_embeds: np.ndarray,
+        k: int = 10,
+        filters: Sequence[str] | None = None,
+        synonyms: Mapping | None = None,
     ) -> list[list[Hit]]:
-        """Top-k products per query row; k above the catalogue (or the filtered set) returns all of it."""
+        """Top-k products per query row; k above the catalogue (or the filtered set) returns all of it:
+        fewer than k hits means fewer products match the filters, never padding with others."""
         q = np.asarray(query_embeds, dtype=np.float32)
         q = np.ascontiguousarray(q[None, :] if q.ndim == 1 else q)
         if q.ndim != 2:
@@ -230,7 +245,7 @@ class CatalogueIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if filters:
-            allowed = self.rows_matching(filters)
+            allowed = self.rows_matching(filters, synonyms)
             scores, ids = self._search_subset(q, k, allowed)
         else:
             scores, ids = self._search_all(q, min(k, len(self)))
@@ -273,6 +288,14 @@ class CatalogueIndex:
         return [Hit(score=float(s), **row) for s, row in zip(scores[keep], rows)]
 
 
+def _normalised_or_none(attribute: str | None, table: Mapping) -> str | None:
+    """A stored attribute in filter form; None for one that is not `key: value` (no filter matches it)."""
+    try:
+        return normalise_attribute(attribute, table) if attribute is not None else None
+    except ValueError:
+        return None
+
+
 def model_dim(model: Any) -> int | None:
     """The embedding size a model declares (`config.projection_dim`), if it declares one."""
     return getattr(getattr(model, "config", None), "projection_dim", None)
@@ -294,8 +317,10 @@ def search(
     index: CatalogueIndex | str | os.PathLike,
     processor: Any = None,
     filters: Sequence[str] | None = None,
+    synonyms: Mapping | None = None,
 ) -> list[list[Hit]]:
-    """Category text(s) -> ranked products per text, via `model.encode_categories` and the index."""
+    """Category text(s) -> ranked products per text, via `model.encode_categories` and the index
+    (`filters` and `synonyms` as in `CatalogueIndex.search`)."""
     texts = check_queries(categories)
     if not isinstance(index, CatalogueIndex):
         index = CatalogueIndex.load(index)
@@ -305,4 +330,4 @@ def search(
     kwargs = {"processor": processor} if processor is not None else {}
     query = model.encode_categories(texts, convert_to_numpy=True, **kwargs)
     index.check_dim(np.asarray(query).shape[-1], f"model {name}")
-    return index.search(query, k, filters)
+    return index.search(query, k, filters, synonyms)

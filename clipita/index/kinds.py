@@ -11,7 +11,8 @@ import math
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
+
+from clipita.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ def choose_index_kind(
 
 def _add_in_chunks(index: faiss.Index, x: np.ndarray, progress: bool, chunk: int = 100_000) -> None:
     starts = range(0, len(x), chunk)
-    for start in tqdm(starts, desc="adding to index", unit="chunk", disable=not progress or len(starts) < 2):
+    for start in progress_bar(
+        starts, desc="adding to index", unit="chunk", disable=not progress or len(starts) < 2
+    ):
         index.add(x[start : start + chunk])
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from clipita.encoding import encode_chunk, iter_rows
 from clipita.fileio import write_atomic, write_json
+from clipita.progress import progress_bar
 
 DEFAULT_SHARD_SIZE = 16_384
 PROGRESS_FILE = "progress.json"
@@ -155,7 +155,7 @@ def _encode_remaining(
     dataset, encode_batch, out: Path, state: dict, batch_size, shard_size, progress
 ) -> None:
     rows = iter_rows(dataset, state["rows_done"], batch_size)
-    bar = tqdm(
+    bar = progress_bar(
         total=_length(dataset),
         initial=state["rows_done"],
         desc="encoding catalogue",

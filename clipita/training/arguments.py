@@ -22,26 +22,37 @@ DEFAULT_MAX_STEPS = 800  # enough for the default model to learn the demo catalo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipita.cli import add_loader_arguments
+    from clipita.cli import OneDefaultHelpFormatter, add_loader_arguments
 
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train CLIP-ITA (category-to-image retrieval) with Accelerate: "
         "`python train.py` or `accelerate launch train.py`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneDefaultHelpFormatter,
     )
     add_loader_arguments(parser)
     data = parser.add_argument_group("training data")
     data.add_argument(
-        "--max_train_samples", type=int, default=None, help="use at most this many training products"
+        "--max_train_samples",
+        type=int,
+        default=None,
+        help="use at most this many training products (default: all)",
     )
     data.add_argument(
         "--max_eval_samples", type=int, default=1000, help="validation products ranked at each evaluation"
     )
     data.add_argument(
-        "--max_eval_queries", type=int, default=None, help="sample this many category queries per evaluation"
+        "--max_eval_queries",
+        type=int,
+        default=None,
+        help="sample this many category queries per evaluation (default: all)",
     )
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=0,
+        help="data loader worker processes (0: the main process)",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("--variant", choices=sorted(VARIANTS), default="clip-ita", help="product modalities")
@@ -52,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: a small CLIP trained from scratch with a tokenizer trained on the catalogue",
     )
     model.add_argument(
-        "--image_size", type=int, default=None, help="from-scratch model's input size (default 64)"
+        "--image_size", type=int, default=None, help="from-scratch model's input size in pixels (default: 64)"
     )
     model.add_argument("--hidden_size", type=int, default=64, help="from-scratch model: tower width")
     model.add_argument(
@@ -61,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--vocab_size", type=int, default=4096, help="from-scratch model: tokenizer vocabulary"
     )
-    model.add_argument("--attribute_pooling", choices=ATTRIBUTE_POOLINGS, default="mean")
+    model.add_argument(
+        "--attribute_pooling",
+        choices=ATTRIBUTE_POOLINGS,
+        default="mean",
+        help="how the encoded attributes of a product are pooled into one vector",
+    )
     model.add_argument(
         "--loss",
         choices=LOSSES,
@@ -72,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature",
         type=float,
         default=DEFAULT_TEMPERATURE,
-        help="initial softmax temperature (default: the model config's; the paper: 1.0, fixed)",
+        help="initial softmax temperature (the paper: 1.0, fixed)",
     )
     model.add_argument(
         "--learnable_temperature",
         action=argparse.BooleanOptionalAction,
         default=DEFAULT_LEARNABLE_TEMPERATURE,
-        help="learn the temperature (CLIP's logit scale; default: the model config's)",
+        help="learn the temperature (CLIP's logit scale)",
     )
     model.add_argument(
         "--category_format",
@@ -96,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete checkpoints of an earlier run in output_dir instead of refusing to start",
     )
-    training.add_argument("--seed", type=int, default=0)
+    training.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the model's initialisation, the data order and the sampling",
+    )
     training.add_argument(
         "--category_level",
         choices=tuple(LEVELS),
@@ -114,11 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="CLIP towers (default: --learning_rate from scratch, 1e-5 from a --base_model)",
     )
-    training.add_argument("--weight_decay", type=float, default=0.1)
+    training.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay")
     training.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
-    training.add_argument("--lr_scheduler", choices=SCHEDULERS, default="cosine")
-    training.add_argument("--warmup_steps", type=int, default=50)
-    training.add_argument("--per_device_train_batch_size", type=int, default=128)
+    training.add_argument(
+        "--lr_scheduler",
+        choices=SCHEDULERS,
+        default="cosine",
+        help="learning-rate schedule after the warm-up",
+    )
+    training.add_argument(
+        "--warmup_steps", type=int, default=50, help="steps of linear learning-rate warm-up"
+    )
+    training.add_argument(
+        "--per_device_train_batch_size",
+        type=int,
+        default=128,
+        help="products per micro-batch and process (negatives span every process's batch)",
+    )
     training.add_argument(
         "--gradient_accumulation_steps",
         type=int,
@@ -131,29 +164,52 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"default: {DEFAULT_MAX_STEPS} steps, whatever the size",
     )
-    training.add_argument("--max_steps", type=int, default=None, help="overrides --num_train_epochs")
     training.add_argument(
-        "--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate config"
+        "--max_steps",
+        type=int,
+        default=None,
+        help=f"overrides --num_train_epochs (default: {DEFAULT_MAX_STEPS} when neither is given)",
     )
-    training.add_argument("--gradient_checkpointing", action="store_true")
+    training.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="default: the accelerate config's",
+    )
+    training.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute the towers' activations in the backward pass: less memory, more compute",
+    )
 
     tracking = parser.add_argument_group("evaluation, logging, checkpoints")
     tracking.add_argument("--eval_steps", type=int, default=100, help="validate every N steps (0: never)")
-    tracking.add_argument("--per_device_eval_batch_size", type=int, default=256)
+    tracking.add_argument(
+        "--per_device_eval_batch_size", type=int, default=256, help="products per batch when validating"
+    )
     tracking.add_argument(
         "--keep_best",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the final model is the one with the best validation mAP@10 (else the last)",
     )
-    tracking.add_argument("--logging_steps", type=int, default=10)
-    tracking.add_argument("--report_to", choices=TRACKERS, default="tensorboard")
+    tracking.add_argument("--logging_steps", type=int, default=10, help="log the loss every N steps")
+    tracking.add_argument(
+        "--report_to",
+        choices=TRACKERS,
+        default="tensorboard",
+        help="experiment tracker for the logged metrics",
+    )
     tracking.add_argument(
         "--save_steps", type=int, default=500, help="checkpoint every N steps (and at the end)"
     )
-    tracking.add_argument("--checkpoints_total_limit", type=int, default=2)
     tracking.add_argument(
-        "--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest" under output_dir'
+        "--checkpoints_total_limit", type=int, default=2, help="keep only the newest N checkpoints"
+    )
+    tracking.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='a checkpoint folder, or "latest" under output_dir (default: start afresh)',
     )
 
     hub = parser.add_argument_group("hub")
@@ -161,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--push_to_hub", action="store_true", help="upload output_dir (token: HF_TOKEN or `hf auth login`)"
     )
     hub.add_argument("--hub_model_id", default=None, help="repo id (default: the output folder's name)")
-    hub.add_argument("--hub_private", action="store_true")
+    hub.add_argument("--hub_private", action="store_true", help="create the Hub repository as private")
     return parser
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 import clipita.bootstrap as bootstrap
+from clipita.progress import quiet_loading
 from configuration_clipita import VARIANTS
 from modeling_clipita import CLIPITAModel
 from processing_clipita import CLIPITAProcessor, attribute_strings
@@ -56,6 +57,19 @@ def freeze_towers(model: CLIPITAModel, vision: bool, text: bool) -> None:
     clip.logit_scale.requires_grad_(False)
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute the towers' activations in the backward pass (non-reentrant), on any transformers 5.
+
+    transformers renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable` after 5.4
+    and made the old name a deprecated alias (a FutureWarning, removed in v6): the current name where it
+    exists, the old one on the versions that only have it.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLIPITAProcessor]:
     """`--base_model` through `CLIPITAModel.from_clip`, else `bootstrap.build_default_model`; then the
     `--freeze_*` flags."""
@@ -68,9 +82,10 @@ def _build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CL
     if args.base_model:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        model = CLIPITAModel.from_clip(
-            args.base_model, product_modalities=VARIANTS[args.variant], **model_config_overrides(args)
-        )
+        with quiet_loading():
+            model = CLIPITAModel.from_clip(
+                args.base_model, product_modalities=VARIANTS[args.variant], **model_config_overrides(args)
+            )
         image_processor = AutoImageProcessor.from_pretrained(args.base_model)
         if args.image_size:
             logger.warning("--image_size is ignored with --base_model: the base model's processor decides")

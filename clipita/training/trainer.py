@@ -21,16 +21,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from clipita.progress import progress_bar
 from clipita.schema import modality_columns
 from clipita.training import checkpoints as ckpt
 from clipita.training.checkpoints import TrainerState
 from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
 from clipita.training.export import build_metrics, push_to_hub, write_outputs
 from clipita.training.gradcache import contrastive_step
-from clipita.training.model_setup import build_model, optimizer_groups
+from clipita.training.model_setup import build_model, enable_activation_checkpointing, optimizer_groups
 from clipita.training.validation import PRIMARY_METRIC, Validator, flatten_metrics
 from clipita.tree import NodeVocabulary
 
@@ -179,7 +179,7 @@ class Trainer:
         fingerprint = tokenizer_fingerprint(self.processor)
         _check_same_on_all_processes(accelerator, fingerprint)
         if args.gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         modalities = model.config.product_modalities
 
         self.pairs = TrainingPairs(train_rows, args.category_level, args.seed, modality_columns(modalities))
@@ -342,7 +342,7 @@ class Trainer:
         if state.global_step == 0 and not state.evaluations:
             self.evaluate(0)
         step = state.global_step
-        progress = tqdm(
+        bar = progress_bar(
             total=self.total_steps,
             initial=step,
             desc="training",
@@ -375,8 +375,8 @@ class Trainer:
                 state.train_seconds += time.perf_counter() - step_started
                 state.losses.append([step, loss])
                 speed = state.samples / max(state.train_seconds, 1e-9)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{speed:.1f}", epoch=epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{speed:.1f}", epoch=epoch)
                 if args.logging_steps and step % args.logging_steps == 0:
                     self.log_training(step, speed)
                 last = step == self.total_steps
@@ -387,7 +387,7 @@ class Trainer:
                 if last:
                     break
                 step_started = time.perf_counter()
-        progress.close()
+        bar.close()
         state.skipped_rows += int(
             self.accelerator.reduce(torch.tensor(skipped, device=self.accelerator.device), reduction="sum")
         )
