@@ -82,6 +82,12 @@ def add_loader_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     g.add_argument(
         "--max_image_pixels", type=int, default=40_000_000, help="rows with larger images are skipped"
     )
+    g.add_argument(
+        "--allow_external_images",
+        action="store_true",
+        help="read image paths outside the catalogue's folder (absolute, '..' or symlinks out); by default "
+        "such rows are skipped and counted",
+    )
     return parser
 
 
@@ -103,6 +109,7 @@ def load_from_args(args: argparse.Namespace, split: str | None = None):
         streaming=args.streaming,
         max_image_pixels=args.max_image_pixels,
         return_report=True,
+        allow_external_images=getattr(args, "allow_external_images", False),
     )
 
 

@@ -24,8 +24,8 @@ import datasets
 import pandas as pd
 
 from clipita.catalogue import catalogue_matches, generate_catalogue, generation_defaults
-from clipita.encoding import EMPTY_CATEGORY, TOO_LARGE, UNREADABLE, row_problem
-from clipita.fileio import publish_dir
+from clipita.encoding import EMPTY_CATEGORY, NOT_REGULAR, TOO_LARGE, UNREADABLE, row_problem
+from clipita.fileio import is_inside, publish_dir
 from clipita.schema import (
     CANONICAL_COLUMNS,
     FEATURES,
@@ -95,7 +95,44 @@ class CatalogueSchemaError(ValueError):
 # Per-row problems
 # ---------------------------------------------------------------------------------------------------------
 
-_WHERE = {UNREADABLE: "column 'image'", EMPTY_CATEGORY: "column 'category'", TOO_LARGE: "column 'image'"}
+OUTSIDE = "image outside the dataset folder"  # absolute, `..` or a symlink out (--allow_external_images)
+_WHERE = {UNREADABLE: "column 'image'", EMPTY_CATEGORY: "column 'category'", TOO_LARGE: "column 'image'",
+          NOT_REGULAR: "column 'image'", OUTSIDE: "column 'image'"}  # fmt: skip
+
+
+def image_roots(source: str, allow_external: bool = False) -> list[str] | None:
+    """The folders a catalogue's image paths must resolve into (None: anywhere, when explicitly allowed).
+
+    A local folder or file: that folder. A Hub dataset: the datasets and hub caches it is downloaded to.
+    """
+    if allow_external:
+        return None
+    path = Path(source)
+    if path.is_dir():
+        return [str(path)]
+    if path.is_file():
+        return [str(path.parent)]
+    from huggingface_hub import constants
+
+    return [datasets.config.HF_DATASETS_CACHE, constants.HF_HUB_CACHE]
+
+
+def path_problem(image: Any, roots: Sequence[str] | None) -> str:
+    """OUTSIDE when an image cell is read from a local path that resolves outside `roots` ("" otherwise);
+    cells holding their bytes and remote paths (hf://, zip::) are read from nowhere else."""
+    if roots is None or not isinstance(image, Mapping) or image.get("bytes"):
+        return ""
+    path = image.get("path")
+    if not isinstance(path, str) or not path or "://" in path or "::" in path:
+        return ""
+    return "" if is_inside(path, roots) else OUTSIDE
+
+
+def image_problem(
+    image: Any, category: Sequence[str], max_image_pixels: int, roots: Sequence[str] | None
+) -> str:
+    """Why a row cannot be used: its image path leads outside the allowed folders, or `row_problem`."""
+    return path_problem(image, roots) or row_problem(image, category, max_image_pixels)
 
 
 @dataclass
@@ -134,8 +171,10 @@ def clean_catalogue(
     max_image_pixels: int = 40_000_000,
     num_proc: int | None = None,
     report: SkipReport | None = None,
+    roots: Sequence[str] | None = None,
 ) -> tuple[AnyDataset, SkipReport]:
-    """Drop rows with an unreadable image, an empty category or an image over the pixel budget.
+    """Drop rows with an unreadable image, an empty category or an image over the pixel budget, and rows
+    whose image is a local path outside `roots` (None: no such check) or not a regular file.
 
     Counts go to `report` (a new one when None). For a streaming dataset rows are checked as they are
     read, so the report is complete once the stream has been consumed: print it at the end of the run.
@@ -145,7 +184,7 @@ def clean_catalogue(
 
         def keep(image, category, product_id) -> bool:
             report.rows += 1
-            problem = row_problem(image, category, max_image_pixels)
+            problem = image_problem(image, category, max_image_pixels, roots)
             if problem:
                 report.record(problem, product_id)
             return not problem
@@ -162,7 +201,9 @@ def clean_catalogue(
         return ds, report
 
     def problems(images, categories):
-        return {"problem": [row_problem(im, c, max_image_pixels) for im, c in zip(images, categories)]}
+        return {
+            "problem": [image_problem(im, c, max_image_pixels, roots) for im, c in zip(images, categories)]
+        }
 
     checked = ds.cast_column("image", datasets.Image(decode=False)).map(
         problems,
@@ -538,6 +579,7 @@ def load_catalogue(
     data_dir: str | None = None,
     num_proc: int | None = None,
     return_report: bool = False,
+    allow_external_images: bool = False,
 ):
     """Load a catalogue in the canonical schema, cleaned of unusable rows.
 
@@ -545,6 +587,8 @@ def load_catalogue(
     imagefolder with metadata.jsonl or metadata.csv / `save_to_disk`), a single data file, or a Hub dataset
     id. Returns a DatasetDict with train / validation / test (validation and test are carved from train
     when missing), or one split when `split` is given; with `return_report=True`, also the `SkipReport`.
+    Image paths must resolve inside the catalogue's folder (a Hub dataset: its download cache) and name
+    regular files; other rows are skipped and counted, unless `allow_external_images` (paths anywhere).
     Column arguments name the source columns; a `preset` fills those left at their defaults.
     """
     cols = dict(
@@ -580,8 +624,9 @@ def load_catalogue(
     splits = _normalise_splits(canonical, eval_only)
     if split is not None and split not in splits:
         raise ValueError(f"{source}: no split '{split}'; splits present: {sorted(splits)}")
+    roots = image_roots(source, allow_external_images)
     for name in [split] if split else list(splits):
-        splits[name], _ = clean_catalogue(splits[name], max_image_pixels, num_proc, report)
+        splits[name], _ = clean_catalogue(splits[name], max_image_pixels, num_proc, report, roots)
     if not streaming:
         (logger.warning if report.total_skipped else logger.info)("%s: %s", source, report)
     if split is not None:

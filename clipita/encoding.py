@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clipita.fileio import regular_file_problem
 from clipita.progress import progress_bar
 from clipita.schema import MODALITY_COLUMNS
 
@@ -55,6 +56,7 @@ def prepare_row(row: dict) -> dict:
 
 # Why `row_problem` rejects a row (the loader counts rows per reason).
 UNREADABLE, EMPTY_CATEGORY, TOO_LARGE = "unreadable image", "empty category", "image over pixel budget"
+NOT_REGULAR = "image not a regular file"  # a FIFO, device or folder: opening it could block or never end
 
 
 def row_problem(image: Any, category: Sequence[str], max_image_pixels: int) -> str:
@@ -70,7 +72,10 @@ def row_problem(image: Any, category: Sequence[str], max_image_pixels: int) -> s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if image.get("bytes") or os.path.isfile(image["path"]):
+            local = not image.get("bytes") and os.path.lexists(image["path"])
+            if local and regular_file_problem(image["path"]):
+                return NOT_REGULAR if os.path.exists(image["path"]) else UNREADABLE
+            if image.get("bytes") or local:
                 src = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
                 with Image.open(src) as img:
                     if img.width * img.height > max_image_pixels:

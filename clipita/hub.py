@@ -9,12 +9,16 @@ from `HF_TOKEN` or the `hf auth login` file itself.
 from __future__ import annotations
 
 import ast
+import gzip
+import io
 import json
 import os
+import pickletools
 import re
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,11 +27,14 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-from clipita.secrets import scan_files
+from clipita.secrets import GZIP_MAGIC, ZIP_MAGIC, scan_files
 
 CODE_FILES = ("configuration_clipita.py", "modeling_clipita.py", "processing_clipita.py")
 MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+PICKLE_PROTOCOLS = range(2, 6)  # pickles of protocol 2+ start with PROTO (0x80) and the protocol number
+# Opcodes that import or call: a protocol 0/1 pickle (no header) holding one can run code when loaded
+CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+PICKLE_SNIFF_BYTES = 1 << 20
 INDEX_MANIFEST = "manifest.json"
 # Training artefacts that live in train.py's output folder but never ship (clipita.training.export).
 IGNORE_PATTERNS = ["checkpoints/**", "logs/**"]
@@ -98,8 +105,85 @@ def _check_code(folder: Path, problems: list[str]) -> None:
                 )
 
 
-def _check_weights(files: list[str], problems: list[str]) -> None:
-    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+def _is_pickle_stream(head: bytes) -> bool:
+    """Whether bytes start a pickle: protocol 2+ by its header, protocol 0/1 (no header) when the bytes
+    parse as pickle opcodes up to STOP and import or call something."""
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in PICKLE_PROTOCOLS:
+        return True
+    seen = set()
+    try:
+        for opcode, _, _ in pickletools.genops(io.BytesIO(head)):
+            seen.add(opcode.name)
+            if opcode.name == "STOP":
+                return bool(seen & CODE_OPCODES)
+    except Exception:  # not opcodes (or cut short): not a pickle this check can see
+        return False
+    return False
+
+
+def _npy_holds_objects(f) -> bool:
+    """A .npy stream (after its magic) whose dtype holds Python objects: np.load needs pickle for it."""
+    import numpy as np
+
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        dtype = read_header(f)[2]
+    except (ValueError, OSError):
+        return True  # a .npy header numpy cannot read is not something to publish either
+    return dtype.hasobject
+
+
+def pickle_reason(path: Path) -> str | None:
+    """Why a file is (or holds) a pickle, judged by its content, never its name; None when it is not.
+
+    A raw pickle (any protocol), a zip whose members hold one (torch.save checkpoints with data.pkl,
+    .npz), a .npy object array, or a gzip of any of these.
+    """
+    with path.open("rb") as f:
+        head = f.read(PICKLE_SNIFF_BYTES)
+    opener = gzip.open if head.startswith(GZIP_MAGIC) else open
+    if opener is gzip.open:
+        try:
+            with gzip.open(path, "rb") as f:
+                head = f.read(PICKLE_SNIFF_BYTES)
+        except (OSError, EOFError):
+            return None  # a damaged gzip: the secret scan reports it cannot be unpacked
+    if head.startswith(b"\x93NUMPY"):
+        with opener(path, "rb") as f:
+            return "a numpy array of Python objects (loads through pickle)" if _npy_holds_objects(f) else None
+    if head.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.infolist():
+                    with archive.open(member) as f:
+                        inner = f.read(PICKLE_SNIFF_BYTES)
+                    if _is_pickle_stream(inner):
+                        return f"a zip holding a pickle ({member.filename})"
+                    if inner.startswith(b"\x93NUMPY"):
+                        with archive.open(member) as f:
+                            if _npy_holds_objects(f):
+                                return f"a zip holding a numpy object array ({member.filename})"
+        except zipfile.BadZipFile:
+            return None
+        return None
+    return "a pickle" if _is_pickle_stream(head) else None
+
+
+def find_pickles(folder: Path, files: list[str]) -> list[str]:
+    """The files (relative to `folder`) that are or hold pickles, each with why."""
+    found = []
+    for name in files:
+        reason = pickle_reason(folder / name)
+        if reason:
+            found.append(f"{name} ({reason})")
+    return found
+
+
+def _check_weights(folder: Path, files: list[str], problems: list[str]) -> None:
+    pickles = find_pickles(folder, files)
     if pickles:
         problems.append(f"pickle-based files would be uploaded (use safetensors only): {', '.join(pickles)}")
     if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
@@ -184,7 +268,7 @@ def check_release_folder(model_dir: str | os.PathLike) -> list[str]:
             problems,
         )
     _check_code(folder, problems)
-    _check_weights(files, problems)
+    _check_weights(folder, files, problems)
     _check_tokenizer(files, processor_config, problems)
     problems += check_model_card(folder / "README.md")
     problems += scan_for_secrets(folder, files)
@@ -263,7 +347,7 @@ def check_index_folder(index_dir: str | os.PathLike) -> list[str]:
         problems.append(
             f"{INDEX_MANIFEST} is missing: the index was not saved completely (CatalogueIndex.save)"
         )
-    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+    pickles = find_pickles(folder, files)
     if pickles:
         problems.append(f"pickle-based files would be uploaded: {', '.join(pickles)}")
     return problems + scan_for_secrets(folder, files)
@@ -331,6 +415,7 @@ __all__ = [
     "check_index_folder",
     "check_model_card",
     "check_release_folder",
+    "find_pickles",
     "load_check",
     "push_folder",
     "release_files",

@@ -6,9 +6,12 @@ The card (rendering) and the hub checks (release folders, index folders) both us
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
-from collections.abc import Iterable, Mapping
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,38 +43,128 @@ def known_tokens() -> list[str]:
     return sorted({t.strip() for t in tokens if len(t.strip()) >= 8})
 
 
+# Text is searched in every encoding a file may hold it in: the patterns are encoded rather than the
+# file decoded, so a gigabyte of embeddings is read once. (encoding, bytes per character)
+ENCODINGS = (("utf-8", 1), ("utf-16-le", 2), ("utf-16-be", 2), ("utf-32-le", 4), ("utf-32-be", 4))
+
+
+def _encoded_pattern(encoding: str) -> re.Pattern:
+    """TOKEN_PATTERN for ASCII text stored in `encoding` (a character is its byte plus zero bytes)."""
+    alnum = re.escape("A".encode(encoding)).replace(b"A", b"[A-Za-z0-9]")
+    return re.compile(re.escape("hf_".encode(encoding)) + b"(?:" + alnum + b"){30,}")
+
+
+_PATTERNS = {
+    encoding: TOKEN_PATTERN if encoding == "utf-8" else _encoded_pattern(encoding)
+    for encoding, _ in ENCODINGS
+}
+
+
 def find_secret(text: str | bytes, tokens: Iterable[str] | None = None) -> str | None:
-    """Why `text` holds a secret ("an hf_ token", "the value of HF_TOKEN"...), or None; never the secret."""
+    """Why `text` holds a secret ("an hf_ token", "the value of HF_TOKEN"...), or None; never the secret.
+    Bytes are searched as UTF-8, UTF-16 and UTF-32 text (either byte order)."""
     data = text.encode("utf-8", "ignore") if isinstance(text, str) else text
     for token in known_tokens() if tokens is None else tokens:
-        if token.encode() in data:
+        if any(token.encode(encoding) in data for encoding, _ in ENCODINGS):
             return "a Hugging Face access token of this machine (environment or login)"
-    for match in TOKEN_PATTERN.finditer(data):
-        if match.start() == 0 or data[match.start() - 1] not in WORD_BYTES:
-            return "a string shaped like a Hugging Face access token (hf_...)"
+    for encoding, width in ENCODINGS:
+        for match in _PATTERNS[encoding].finditer(data):
+            before = data[max(0, match.start() - width) : match.start()]
+            if len(before) < width or before.decode(encoding, "replace").encode() not in _WORD_CHARS:
+                return "a string shaped like a Hugging Face access token (hf_...)"
     return None
 
 
-def _safetensors_header(path: Path) -> bytes:
-    """The JSON header of a safetensors file (names, shapes, metadata): the only place text can hide."""
+_WORD_CHARS = frozenset(bytes([b]) for b in WORD_BYTES)
+
+
+# ----- the decoded content of a file: what a reader of it would see ---------------------------------------
+
+GZIP_MAGIC, ZIP_MAGIC, PNG_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"PK\x03\x04", b"\x89PNG\r\n\x1a\n", b"PAR1"
+
+
+def _chunks(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    while chunk := read(SCAN_CHUNK):
+        yield chunk
+
+
+def _png_texts(path: Path) -> Iterator[bytes]:
+    """The text of a PNG's tEXt / zTXt / iTXt chunks, inflated where compressed."""
     with path.open("rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        return f.read(min(size, 100_000_000))
+        f.read(8)
+        while header := f.read(8):
+            if len(header) < 8:
+                return
+            size, kind = int.from_bytes(header[:4], "big"), header[4:]
+            body = f.read(size)
+            f.read(4)  # CRC
+            if kind == b"tEXt":
+                yield body
+            elif kind == b"zTXt":
+                keyword, _, rest = body.partition(b"\0")
+                yield keyword + b" " + zlib.decompressobj().decompress(rest[1:], 256 * 2**20)
+            elif kind == b"iTXt":
+                keyword, _, rest = body.partition(b"\0")
+                compressed, text = rest[:1] == b"\1", rest[2:].split(b"\0", 2)[-1]
+                yield (
+                    keyword
+                    + b" "
+                    + (zlib.decompressobj().decompress(text, 256 * 2**20) if compressed else text)
+                )
+            elif kind == b"IEND":
+                return
+
+
+def _parquet_text(path: Path) -> Iterator[bytes]:
+    """A parquet file's values and key-value metadata as JSON text (its pages may be compressed)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    metadata = parquet.schema_arrow.metadata or {}
+    yield b" ".join(k + b" " + v for k, v in metadata.items())
+    for batch in parquet.iter_batches(batch_size=4096):
+        yield json.dumps(batch.to_pylist(), default=str).encode()
+
+
+def content_streams(path: Path) -> Iterator[Iterator[bytes]]:
+    """Every form of the file's content a reader could see, each as a stream of chunks: its bytes, and,
+    by content (never by name), the inflated content of gzip, the members of a zip (torch checkpoints,
+    .npz), PNG text chunks and parquet values."""
+    with path.open("rb") as f:
+        yield _chunks(f.read)
+    with path.open("rb") as f:
+        magic = f.read(8)
+    if magic.startswith(GZIP_MAGIC):
+        with gzip.open(path, "rb") as f:
+            yield _chunks(f.read)
+    elif magic.startswith(ZIP_MAGIC):
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                with archive.open(member) as f:
+                    yield _chunks(f.read)
+    elif magic.startswith(PNG_MAGIC):
+        yield _png_texts(path)
+    elif magic.startswith(PARQUET_MAGIC):
+        yield _parquet_text(path)
 
 
 def file_secret(path: Path, tokens: list[str]) -> str | None:
-    """`find_secret` over a file read in chunks (an index's embeddings can be gigabytes), chunks overlapping
-    so a token across a boundary is still found. Compressed content (parquet pages) is not inflated."""
-    if path.suffix == ".safetensors":
-        return find_secret(_safetensors_header(path), tokens)
-    overlap = max([len(t) for t in tokens] + [64])
-    tail = b""
-    with path.open("rb") as f:
-        while chunk := f.read(SCAN_CHUNK):
-            reason = find_secret(tail + chunk, tokens)
-            if reason:
-                return reason
-            tail = chunk[-overlap:]
+    """`find_secret` over every content stream of a file (`content_streams`), read in chunks (an index's
+    embeddings can be gigabytes), chunks overlapping so a token across a boundary is still found. A file
+    whose compressed content does not unpack is reported, since what it hides cannot be checked."""
+    overlap = 4 * max([len(t) for t in tokens] + [64])
+    try:
+        for stream in content_streams(path):
+            tail = b""
+            for chunk in stream:
+                reason = find_secret(tail + chunk, tokens)
+                if reason:
+                    return reason
+                tail = chunk[-overlap:]
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, ValueError) as error:
+        return f"content that cannot be unpacked to be checked ({type(error).__name__})"
     return None
 
 

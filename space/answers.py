@@ -4,6 +4,7 @@ likely categories (/classify_image), with the checks that turn bad input into a 
 from __future__ import annotations
 
 import html
+import io
 import math
 import time
 import warnings
@@ -12,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
+from gradio.utils import get_upload_folder
 from PIL import Image, UnidentifiedImageError
 
-from clipita.index import Hit, search
+from clipita.fileio import is_inside, read_regular_file
+from clipita.index import Hit, check_query_length, search
 from clipita.schema import path_text
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
 DEFAULT_K, MAX_K = 12, 48
 DEFAULT_TOP_CATEGORIES, MAX_TOP_CATEGORIES = 5, 20
+MAX_UPLOAD_BYTES = 25 * 2**20  # launch(max_file_size=...) refuses larger uploads; read_upload checks again
 MAX_IMAGE_PIXELS = 64_000_000  # refuse larger uploads before decoding them
 MAX_IMAGE_SIDE = 1024  # larger images are decoded (JPEG draft) and kept at this size: the model sees far less
 EMPTY_QUERY = "Type a category (any text works, e.g. “Ceramic Mugs”) or pick one in the category tree."
@@ -56,7 +60,12 @@ def caption(hit: Hit) -> str:
 
 def search_category(variant: Variant, query: str | None, k: Any) -> tuple[list, list[dict], str]:
     """Category text -> (gallery items, hits as dicts, latency line)."""
-    text = " ".join(str(query or "").split())
+    raw = str(query or "")
+    try:
+        check_query_length(raw)  # before any work on the text: a huge query costs nothing
+    except ValueError as err:
+        raise BadInput(html.escape(str(err))) from None
+    text = " ".join(raw.split())
     if not text.strip(" >"):
         raise BadInput(EMPTY_QUERY)
     k = _count(k, 1, MAX_K, "k (the number of products)")
@@ -75,8 +84,19 @@ def search_category(variant: Variant, query: str | None, k: Any) -> tuple[list, 
     return gallery, [hit.to_dict() for hit in hits], latency
 
 
+def upload_folder() -> str:
+    """Where this app's Gradio keeps what clients uploaded (and its own cache): the only files
+    /classify_image may read."""
+    return get_upload_folder()
+
+
 def read_upload(upload: Any) -> Image.Image:
-    """An uploaded file (gradio FileData dict or a path) -> a bounded RGB-able PIL image, or a clear BadInput."""
+    """An uploaded file (gradio FileData dict or a path) -> a bounded RGB-able PIL image, or a clear BadInput.
+
+    The path comes from the client: Gradio checks it lies in its upload folder only when the file dict
+    carries `meta`, so it is checked here again, whatever the client sent. Only a regular file inside the
+    upload folder, of at most MAX_UPLOAD_BYTES, is read (a FIFO or device never is, so nothing blocks).
+    """
     if isinstance(upload, dict):
         path, name = upload.get("path"), upload.get("orig_name") or "the upload"
     else:
@@ -84,10 +104,21 @@ def read_upload(upload: Any) -> Image.Image:
     if not path:
         raise BadInput("Upload a product image (JPEG, PNG or WebP) to classify.")
     name = html.escape(Path(str(name)).name)
+    if not isinstance(path, str) or not is_inside(path, [upload_folder()]):
+        raise BadInput(
+            f"{name} was not uploaded to this app: send the image itself (a file upload), not a path on the server."
+        )
+    try:
+        data = read_regular_file(path, MAX_UPLOAD_BYTES)
+    except OSError:
+        raise BadInput(
+            f"{name} is not an uploaded image file of at most {MAX_UPLOAD_BYTES // 2**20} MB: upload a "
+            "JPEG, PNG or WebP product photo."
+        ) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise BadInput(
             f"{name} is far too large an image; the limit is {MAX_IMAGE_PIXELS // 10**6} megapixels."

@@ -12,6 +12,7 @@ This file is the UI and the command line; `variants.py` loads the models and ind
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from fastapi.middleware import Middleware
 
+from clipita.index import MAX_QUERY_CHARS
 from clipita.schema import path_text
 from clipita.tree import CategoryTree
 
@@ -36,7 +39,18 @@ DEFAULT_MODEL = "outputs/clip-ita"  # what the README's main job trains
 DEFAULT_INDEX = "outputs/index"  # ... and indexes the catalogue into
 MODEL_ENV, INDEX_ENV, CATALOGUE_ENV = "CLIPITA_MODEL", "CLIPITA_INDEX", "CLIPITA_CATALOGUE"
 MAX_TREE_LEVELS = 9  # XMarket's deepest path
-MAX_UPLOAD = "25mb"
+# Concurrent work is bounded: each endpoint runs QUEUE_CONCURRENCY requests at a time (a query holds the
+# model and index, which one CPU request saturates), and at most QUEUE_MAX_SIZE wait; more get a
+# "queue full" error at once rather than piling up memory.
+QUEUE_CONCURRENCY = 1
+QUEUE_MAX_SIZE = 64
+# Request bodies other than file uploads (bounded by max_file_size) are refused past MAX_REQUEST_BYTES,
+# before Gradio parses them: a call holds a query of at most MAX_QUERY_CHARS, a title and attributes, far
+# under it. Gradio keeps each session's last inputs, for at most STATE_SESSIONS sessions: with both bounds
+# a flood of large requests holds at most MAX_REQUEST_BYTES x STATE_SESSIONS.
+MAX_REQUEST_BYTES = 64 * 1024
+STATE_SESSIONS = 1000
+DRAIN_BYTES = 64 * 2**20
 
 # ----------------------------------------------------------------------------------------------------------
 # The UI
@@ -102,6 +116,7 @@ def build_blocks(loaded: Sequence[variants.Variant]) -> gr.Blocks:
                             label="Category",
                             placeholder="any category text, e.g. Ceramic Mugs, or Home > Kitchen",
                             scale=4,
+                            max_length=MAX_QUERY_CHARS,
                             elem_id="query",
                         )
                         k = gr.Slider(
@@ -201,6 +216,49 @@ def build_app(
 # ----------------------------------------------------------------------------------------------------------
 
 
+class RequestSizeLimit:
+    """ASGI middleware: a request body over `max_bytes` (file uploads excepted) gets 413 and a one-line
+    message, from its Content-Length before it is read, or once a body without one grows past it."""
+
+    def __init__(self, app, max_bytes: int = MAX_REQUEST_BYTES, exempt: tuple[str, ...] = ("/upload",)):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].rstrip("/").endswith(self.exempt):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            return await self._refuse(receive, send)
+        seen = 0
+
+        async def bounded_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # a body longer than announced (or unannounced): stop reading it
+                return {"type": "http.disconnect"}
+            return message
+
+        return await self.app(scope, bounded_receive, send)
+
+    async def _refuse(self, receive, send):
+        # read (and drop) what the client is sending, up to DRAIN_BYTES, so it hears the 413 rather than a
+        # reset connection; memory holds one chunk at a time
+        drained, more = 0, True
+        while more and drained <= DRAIN_BYTES:
+            message = await receive()
+            drained += len(message.get("body", b""))
+            more = message.get("type") == "http.request" and message.get("more_body", False)
+        body = json.dumps(
+            {
+                "error": f"request body over {self.max_bytes} bytes: queries are at most {MAX_QUERY_CHARS} characters"
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _from_env(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
 
@@ -260,7 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     demo = build_blocks(loaded)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped Space still runs atexit (image cache)
-    demo.queue().launch(server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD)
+    demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_MAX_SIZE).launch(
+        server_port=args.port,
+        share=args.share,
+        max_file_size=answers.MAX_UPLOAD_BYTES,
+        state_session_capacity=STATE_SESSIONS,
+        app_kwargs={"middleware": [Middleware(RequestSizeLimit)]},
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 
@@ -133,7 +134,10 @@ def model_index_with(folder, metric: dict):
     [
         (lambda f: (f / "pytorch_model.bin").write_bytes(b"\x80\x04pickle"), "pytorch_model.bin"),
         (
-            lambda f: (f / "checkpoint-5").mkdir() or (f / "checkpoint-5" / "optimizer.pt").write_bytes(b"x"),
+            lambda f: (
+                (f / "checkpoint-5").mkdir()
+                or (f / "checkpoint-5" / "optimizer.pt").write_bytes(pickle.dumps({"step": 5}))
+            ),
             "optimizer.pt",
         ),
         (lambda f: drop_auto_map(f, "config.json", "AutoModel"), "auto_map lacks AutoModel"),
@@ -303,7 +307,7 @@ def test_release_cli_refuses_a_broken_folder(folder, tmp_path, hf_api, capsys):
     results.write_text(json.dumps(fake_eval_file(model="elsewhere/v2")))  # no run of this folder
     with pytest.raises(SystemExit, match=r"no single run of .*\['v2', 'BM25'\].*--eval_model"):
         release_cli.main(["--model", str(folder), "--eval_results", str(results)])
-    (folder / "pytorch_model.bin").write_bytes(b"x")
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": [0.0]}))
     args = ["--model", str(folder), "--eval_results", str(results), "--eval_model", "v2"]
     assert release_cli.main(args + ["--push", "--repo_id", "org/clip-ita"]) == 1
     assert "pytorch_model.bin" in capsys.readouterr().err and hf_api.calls == []

@@ -7,9 +7,11 @@
 
 from clipita.index.catalogue_index import (
     MANIFEST_FILE,
+    MAX_QUERY_CHARS,
     CatalogueIndex,
     Hit,
     check_queries,
+    check_query_length,
     clipita_version,
     model_dim,
     search,
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "INDEX_KINDS",
     "MANIFEST_FILE",
+    "MAX_QUERY_CHARS",
     "METADATA_SCHEMA",
     "PROGRESS_FILE",
     "CatalogueIndex",
@@ -47,6 +50,7 @@ __all__ = [
     "approximate_search",
     "build_index",
     "check_queries",
+    "check_query_length",
     "choose_index_kind",
     "clipita_version",
     "encode_to_shards",

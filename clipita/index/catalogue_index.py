@@ -301,9 +301,27 @@ def model_dim(model: Any) -> int | None:
     return getattr(getattr(model, "config", None), "projection_dim", None)
 
 
+# The longest query text searched: a category path of 9 levels (XMarket's deepest) of up to ~100 characters
+# each, with its separators, fits; anything longer is not a category, and encoding it costs time and memory
+# for nothing (the text encoder reads its first few dozen tokens only).
+MAX_QUERY_CHARS = 1000
+
+
+def check_query_length(text: str) -> None:
+    """ValueError for a query text over MAX_QUERY_CHARS (the message gives its length, not its text)."""
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(
+            f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS} (a category path "
+            "of up to 9 levels): shorten it"
+        )
+
+
 def check_queries(categories: str | Sequence[str]) -> list[str]:
-    """Query text(s) as a list; empty text is an error, not a search for everything."""
+    """Query text(s) as a list; empty text is an error, not a search for everything; over-long text too."""
     texts = [categories] if isinstance(categories, str) else list(categories)
+    for text in texts:
+        if isinstance(text, str):
+            check_query_length(text)
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
         raise ValueError(f"empty query: every query must be non-empty category text, got {texts!r}")
     return texts
