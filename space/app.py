@@ -37,6 +37,26 @@ DEFAULT_INDEX = "outputs/index"  # ... and indexes the catalogue into
 MODEL_ENV, INDEX_ENV, CATALOGUE_ENV = "CLIPITA_MODEL", "CLIPITA_INDEX", "CLIPITA_CATALOGUE"
 MAX_TREE_LEVELS = 9  # XMarket's deepest path
 MAX_UPLOAD = "25mb"
+# Gradio's default theme loads its bundled fonts at weights 400 and 600, but the 600 ("SemiBold") files it
+# ships are subsets of a few glyphs (Source Sans Pro's: "A", "B" and some Cyrillic letters), so bold text
+# mixed two fonts: those letters in Source Sans Pro, all others in the browser's fallback (the title's "A",
+# the tree heading's "B" looked smaller). Its 700 ("Bold") files are complete: bold text (600 or 700)
+# matches them, one font throughout, served by the app itself (no font download).
+FONT_WEIGHTS = (400, 700)
+THEME = gr.themes.Default(
+    font=[
+        gr.themes.LocalFont("Source Sans Pro", weights=FONT_WEIGHTS),
+        "ui-sans-serif",
+        "system-ui",
+        "sans-serif",
+    ],
+    font_mono=[
+        gr.themes.LocalFont("IBM Plex Mono", weights=FONT_WEIGHTS),
+        "ui-monospace",
+        "Consolas",
+        "monospace",
+    ],
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # The UI
@@ -85,7 +105,7 @@ def build_blocks(loaded: Sequence[variants.Variant]) -> gr.Blocks:
         with gr.Tab("Category → products"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=240):
-                    gr.Markdown("**Browse the category tree**")
+                    gr.Markdown("**Browse the category tree**", elem_id="tree-heading")
                     dropdowns = [
                         gr.Dropdown(
                             tree.children() if level == 0 else [],
@@ -260,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     demo = build_blocks(loaded)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped Space still runs atexit (image cache)
-    demo.queue().launch(server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD)
+    demo.queue().launch(server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, theme=THEME)
     return 0
 
 
