@@ -51,6 +51,26 @@ QUEUE_MAX_SIZE = 64
 MAX_REQUEST_BYTES = 64 * 1024
 STATE_SESSIONS = 1000
 DRAIN_BYTES = 64 * 2**20
+# Gradio's default theme loads its bundled fonts at weights 400 and 600, but the 600 ("SemiBold") files it
+# ships are subsets of a few glyphs (Source Sans Pro's: "A", "B" and some Cyrillic letters), so bold text
+# mixed two fonts: those letters in Source Sans Pro, all others in the browser's fallback (the title's "A",
+# the tree heading's "B" looked smaller). Its 700 ("Bold") files are complete: bold text (600 or 700)
+# matches them, one font throughout, served by the app itself (no font download).
+FONT_WEIGHTS = (400, 700)
+THEME = gr.themes.Default(
+    font=[
+        gr.themes.LocalFont("Source Sans Pro", weights=FONT_WEIGHTS),
+        "ui-sans-serif",
+        "system-ui",
+        "sans-serif",
+    ],
+    font_mono=[
+        gr.themes.LocalFont("IBM Plex Mono", weights=FONT_WEIGHTS),
+        "ui-monospace",
+        "Consolas",
+        "monospace",
+    ],
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # The UI
@@ -99,7 +119,7 @@ def build_blocks(loaded: Sequence[variants.Variant]) -> gr.Blocks:
         with gr.Tab("Category → products"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=240):
-                    gr.Markdown("**Browse the category tree**")
+                    gr.Markdown("**Browse the category tree**", elem_id="tree-heading")
                     dropdowns = [
                         gr.Dropdown(
                             tree.children() if level == 0 else [],
@@ -323,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         share=args.share,
         max_file_size=answers.MAX_UPLOAD_BYTES,
         state_session_capacity=STATE_SESSIONS,
+        theme=THEME,
         app_kwargs={"middleware": [Middleware(RequestSizeLimit)]},
     )
     return 0

@@ -47,6 +47,32 @@ def page(tmp_path_factory):
     space.stop()
 
 
+def platform_fonts(page, selector: str) -> list[dict]:
+    """The fonts Chromium actually drew a node's text with (CDP CSS.getPlatformFontsForNode): one entry per
+    font, with its family, PostScript name, whether it is a web font and how many glyphs it drew."""
+    page.locator(selector).first.wait_for()
+    page.evaluate("document.fonts.ready.then(() => true)")  # the theme's @font-face files have loaded
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        assert node, f"no {selector} on the page"
+        return cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    finally:
+        cdp.detach()
+
+
+@pytest.mark.parametrize("selector", ["h1", "#tree-heading strong", "#search-button"])
+def test_bold_text_is_drawn_in_one_font_the_app_serves(page, selector):
+    # Gradio's default theme had bold text draw "A" and "B" from its subset SemiBold file and every other
+    # letter from a system fallback: the title's "A" and the tree heading's "B" looked smaller.
+    fonts = platform_fonts(page, selector)
+    assert len(fonts) == 1, f"{selector} is drawn in {len(fonts)} fonts: {fonts}"
+    assert fonts[0]["isCustomFont"], f"{selector} fell back to a system font: {fonts}"
+
+
 def test_typing_a_category_shows_product_images(page):
     page.locator("#query textarea").fill("Red Things")
     page.locator("#search-button").click()
