@@ -31,6 +31,7 @@ STATE_FILE = "trainer_state.json"
 BEST_PREFIX = "best-"
 BEST_WEIGHTS = "model.safetensors"
 BEST_INFO = "best.json"
+TOKENIZER_DIR = "tokenizer"  # in every checkpoint, and the run's own copy in the checkpoints folder
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 _BEST_NAME = re.compile(rf"^{BEST_PREFIX}(\d+)$")
 
@@ -138,8 +139,10 @@ def save_checkpoint(
     step: int,
     trainer_state: TrainerState,
     total_limit: int | None = None,
+    tokenizer=None,
 ) -> Path:
-    """Save Accelerate's full state (model, optimizer, scheduler, RNG, scaler) plus `trainer_state`.
+    """Save Accelerate's full state (model, optimizer, scheduler, RNG, scaler) plus `trainer_state`, and
+    the run's `tokenizer` (a resumed run loads it instead of rebuilding it).
 
     Every process must call it (each writes its RNG state); the main process publishes the folder.
     """
@@ -154,10 +157,31 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / STATE_FILE, trainer_state.to_json())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         publish_dir(tmp, final, COMPLETE)
         rotate(checkpoints_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_tokenizer(tokenizer, folder: Path) -> Path:
+    """Write `tokenizer` into `folder` whole (built aside, then moved in): a reader never sees half of it."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tokenizer.save_pretrained(str(tmp))
+    publish_dir(tmp, folder)
+    return folder
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer `save_tokenizer` or `save_checkpoint` wrote; None when `folder` holds none."""
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def load_trainer_state(checkpoint: Path) -> TrainerState:
