@@ -201,4 +201,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from clipita.cli import run_command
+
+    sys.exit(run_command(main))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from clipita.cli import add_loader_arguments, load_from_args
+from clipita.cli import add_loader_arguments, load_from_args, run_command
 from clipita.encoding import product_encoder
 from clipita.index import (
     DEFAULT_EXACT_THRESHOLD,
@@ -34,7 +34,7 @@ from clipita.index import (
     load_shards,
     search,
 )
-from clipita.loading import load_model
+from clipita.loading import load_model, weights_sha256
 
 MAX_TEXT_QUERIES = 1000  # category names encoded to measure an approximate index's recall on text
 
@@ -51,6 +51,7 @@ def model_info(model, name_or_path: str) -> dict:
         "projection_dim": getattr(model.config, "projection_dim", None),
         "product_modalities": getattr(model.config, "product_modalities", None),
         "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
+        "weights_sha256": weights_sha256(name_or_path),
     }
 
 
@@ -61,7 +62,7 @@ def build(args: argparse.Namespace) -> None:
     dataset, load_report = load_from_args(args, args.split)
     print(f"catalogue {args.dataset} [{args.split}]: {load_report}")
 
-    fingerprint = {"model": info["name_or_path"], "config_sha256": info["config_sha256"]}
+    fingerprint = {key: info[key] for key in ("name_or_path", "config_sha256", "weights_sha256")}
     fingerprint.update(dataset=args.dataset, split=args.split)
     encode_batch = product_encoder(model, processor, batch_size=args.batch_size)
     report = encode_to_shards(
@@ -144,6 +145,8 @@ def query(args: argparse.Namespace) -> None:
     )  # fail on a dimension mismatch before loading
     if getattr(config, "projection_dim", None) is not None:
         index.check_dim(config.projection_dim, f"model {name}")
+    if not args.allow_model_mismatch:
+        index.check_weights(weights_sha256(name), f"model {name}")
     model, processor = load_model(name, args.device)
     results = search(args.queries, args.k, model=model, index=index, processor=processor, filters=args.filter)
     if args.json:
@@ -197,6 +200,11 @@ def parser() -> argparse.ArgumentParser:
         help="'key: value' attribute every result must carry; repeatable",
     )
     q.add_argument("--model", default=None, help="default: the model recorded in the index")
+    q.add_argument(
+        "--allow_model_mismatch",
+        action="store_true",
+        help="query with a model whose weights differ from those that built the index (normally refused)",
+    )
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
     q.set_defaults(run=query)
@@ -205,12 +213,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: args.run(args))
 
 
 if __name__ == "__main__":

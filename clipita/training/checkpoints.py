@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipita.fileio import publish_dir, write_json
+from clipita.loading import json_problem, safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +97,20 @@ def resolve_resume(value: str | None, checkpoints_dir: Path) -> Path | None:
     if not value:
         return None
     if value == "latest":
-        found = latest_checkpoint(checkpoints_dir)
+        found = None
+        for candidate in reversed(complete_checkpoints(checkpoints_dir)):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                found = candidate
+                break
+            logger.warning("--resume_from_checkpoint latest: skipping %s: %s", candidate.name, problem)
         if found is None:
             logger.warning(
                 "--resume_from_checkpoint latest: no complete checkpoint in %s; starting fresh",
                 checkpoints_dir,
             )
+        elif found != latest_checkpoint(checkpoints_dir):
+            logger.warning("resuming from %s, the newest checkpoint whose files are whole", found.name)
         return found
     path = Path(value)
     if not path.is_dir():
@@ -111,7 +120,27 @@ def resolve_resume(value: str | None, checkpoints_dir: Path) -> Path | None:
             f"--resume_from_checkpoint {value}: not a complete checkpoint (no {COMPLETE} marker or {STATE_FILE}); "
             "it was probably interrupted while saving"
         )
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"--resume_from_checkpoint {value}: {problem}")
     return path
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """The first truncated or malformed file of a complete checkpoint, named (None when all are whole):
+    trainer_state.json, the tokenizer, and the safetensors weights (their headers and sizes)."""
+    files = [checkpoint / STATE_FILE, checkpoint / TOKENIZER_DIR / "tokenizer.json"]
+    for file in files:
+        problem = (
+            json_problem(file) if file.is_file() or file.name == STATE_FILE else None
+        )  # older: no tokenizer
+        if problem:
+            return f"{file}: {problem}"
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            return f"{file}: {problem}"
+    return None
 
 
 def remove_partial(checkpoints_dir: Path) -> list[Path]:

@@ -272,7 +272,14 @@ class Trainer:
 
     def _resume(self, checkpoint: Path) -> None:
         """Restore Accelerate's state and the trainer state of `checkpoint`, after checking the run's shape."""
-        self.accelerator.load_state(str(checkpoint))
+        try:
+            self.accelerator.load_state(str(checkpoint))
+        except Exception as err:  # a damaged optimizer / scheduler / RNG file: name the checkpoint
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"cannot resume from {checkpoint}: a file of it is unreadable ({type(err).__name__}: {first}); "
+                "pass an older checkpoint folder to --resume_from_checkpoint"
+            ) from err
         saved = ckpt.load_trainer_state(checkpoint)
         for key in TrainerState.SHAPE:
             if getattr(saved, key) != getattr(self.state, key):
