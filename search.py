@@ -34,7 +34,7 @@ from clipita.index import (
     load_shards,
     search,
 )
-from clipita.loading import load_model, weights_sha256
+from clipita.loading import check_model_folder, load_model, weights_sha256
 
 MAX_TEXT_QUERIES = 1000  # category names encoded to measure an approximate index's recall on text
 
@@ -140,6 +140,7 @@ def query(args: argparse.Namespace) -> None:
     name = args.model or index.manifest.get("model", {}).get("name_or_path")
     if not name:
         raise ValueError(f"the index at {args.index} does not record its model: pass --model")
+    check_model_folder(name)  # a truncated config.json or weights file: name it
     config = AutoConfig.from_pretrained(
         name, trust_remote_code=True
     )  # fail on a dimension mismatch before loading

@@ -154,7 +154,7 @@ def clean_catalogue(
     seen_ids = seen_ids if seen_ids is not None else set()
 
     def problem_of(problem: str | None, product_id: str, unique: bool = True) -> str | None:
-        if problem is None and unique and product_id in seen_ids:
+        if not problem and unique and product_id in seen_ids:
             problem = DUPLICATE_ID
         if problem:
             report.record(problem, product_id)
@@ -519,7 +519,13 @@ def _read_source(
                 f"{source}: unsupported file type '{path.suffix}' (parquet, arrow, jsonl, csv)"
             )
         return datasets.load_dataset(kind, data_files={"train": str(path)}, streaming=streaming)
-    return datasets.load_dataset(source, data_dir=data_dir, streaming=streaming)  # a Hub dataset id
+    if source.count("/") > 1 or source.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in source):
+        raise CatalogueSchemaError(f"{source}: no such file or folder (nor a Hub dataset id: 'owner/name')")
+    try:
+        return datasets.load_dataset(source, data_dir=data_dir, streaming=streaming)  # a Hub dataset id
+    except FileNotFoundError as err:  # datasets' DatasetNotFoundError is one
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CatalogueSchemaError(f"{source}: no such file or folder, nor a Hub dataset ({first})") from None
 
 
 def _carve(ds: AnyDataset, low: float, high: float, inside: bool) -> AnyDataset:
