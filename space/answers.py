@@ -48,6 +48,19 @@ def _count(value: Any, low: int, high: int, what: str) -> int:
     return int(number)
 
 
+class CountSlider(gr.Slider):
+    """A slider for a count: an API client's value that is not a finite number (None, "nan", text) reaches
+    the function as sent, whose `_count` answers with a message, instead of failing in Gradio's bounds
+    check with its generic error. It renders as a plain slider."""
+
+    def get_block_name(self) -> str:
+        return "slider"
+
+    def preprocess(self, payload: Any) -> Any:
+        number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
+        return super().preprocess(payload) if number and math.isfinite(payload) else payload
+
+
 def caption(hit: Hit) -> str:
     attributes = ", ".join(hit.attributes)
     lines = [f"{hit.score:.3f} · {hit.title or hit.product_id}", path_text(hit.category)]
