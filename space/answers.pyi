@@ -26,7 +26,6 @@ MAX_IMAGE_PIXELS = 64_000_000  # refuse larger uploads before decoding them
 MAX_IMAGE_SIDE = 1024  # larger images are decoded (JPEG draft) and kept at this size: the model sees far less
 EMPTY_QUERY = "Type a category (any text works, e.g. “Ceramic Mugs”) or pick one in the category tree."
 
-
 class BadInput(gr.Error):
     """A message for the user about what they sent (shown in the UI, raised to API clients as AppError);
     not a server fault, so no traceback in the log. The UI renders messages as HTML: callers escape
@@ -34,7 +33,6 @@ class BadInput(gr.Error):
 
     def __init__(self, message: str):
         super().__init__(message, title="Cannot answer", print_exception=False)
-
 
 def _count(value: Any, low: int, high: int, what: str) -> int:
     try:
@@ -47,8 +45,6 @@ def _count(value: Any, low: int, high: int, what: str) -> int:
         raise BadInput(f"{what} must be a whole number from {low} to {high}, got {html.escape(repr(value))}")
     return int(number)
 
-from gradio.events import Dependency
-
 class CountSlider(gr.Slider):
     """A slider for a count: an API client's value that is not a finite number (None, "nan", text) reaches
     the function as sent, whose `_count` answers with a message, instead of failing in Gradio's bounds
@@ -60,18 +56,19 @@ class CountSlider(gr.Slider):
     def preprocess(self, payload: Any) -> Any:
         number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
         return super().preprocess(payload) if number and math.isfinite(payload) else payload
-    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from collections.abc import Callable, Sequence
+    from typing import TYPE_CHECKING, Any, Literal
+
     from gradio.blocks import Block
+
     if TYPE_CHECKING:
         from gradio.components import Timer
         from gradio.components.base import Component
-
 
 def caption(hit: Hit) -> str:
     attributes = ", ".join(hit.attributes)
     lines = [f"{hit.score:.3f} · {hit.title or hit.product_id}", path_text(hit.category)]
     return "\n".join(lines + ([attributes] if attributes else []))
-
 
 def search_category(variant: Variant, query: str | None, k: Any) -> tuple[list, list[dict], str]:
     """Category text -> (gallery items, hits as dicts, latency line)."""
@@ -92,7 +89,6 @@ def search_category(variant: Variant, query: str | None, k: Any) -> tuple[list, 
         f"(encode + search {(searched - start) * 1000:.0f} ms, images {(done - searched) * 1000:.0f} ms)"
     )
     return gallery, [hit.to_dict() for hit in hits], latency
-
 
 def read_upload(upload: Any) -> Image.Image:
     """An uploaded file (gradio FileData dict or a path) -> a bounded RGB-able PIL image, or a clear BadInput."""
@@ -129,11 +125,9 @@ def read_upload(upload: Any) -> Image.Image:
         raise BadInput(f"{name} is a damaged image ({html.escape(str(err))}): upload another file.") from None
     return image
 
-
 def split_attributes(text: str | None) -> list[str]:
     """ "colour: red, material: ceramic" or one per line -> ["colour: red", "material: ceramic"]."""
     return [part.strip() for line in str(text or "").splitlines() for part in line.split(",") if part.strip()]
-
 
 def classify_image(
     variant: Variant, upload: Any, title: str | None, attributes: str | None, top: Any
