@@ -31,8 +31,8 @@ if __package__:  # imported as space.app (tests, bench/space_latency.py)
         DEFAULT_TOP_CATEGORIES,
         MAX_K,
         MAX_TOP_CATEGORIES,
-        CountSlider,
         classify_image,
+        count_slider,
         search_category,
     )
     from space.variants import Variant, load_variants
@@ -42,8 +42,8 @@ else:  # run as a script (python space/app.py, or a Space running app.py): its f
         DEFAULT_TOP_CATEGORIES,
         MAX_K,
         MAX_TOP_CATEGORIES,
-        CountSlider,
         classify_image,
+        count_slider,
         search_category,
     )
     from variants import Variant, load_variants
@@ -121,7 +121,7 @@ def build_blocks(variants: Sequence[Variant]) -> gr.Blocks:
                             scale=4,
                             elem_id="query",
                         )
-                        k = CountSlider(1, MAX_K, value=DEFAULT_K, step=1, label="Products (k)", scale=1)
+                        k = count_slider(1, MAX_K, value=DEFAULT_K, step=1, label="Products (k)", scale=1)
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                     search_latency = gr.Markdown(elem_id="search-latency")
             gallery = gr.Gallery(
