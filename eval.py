@@ -80,6 +80,11 @@ def run_evaluation(
     products = catalogue[split]
     if isinstance(products, datasets.IterableDataset):
         raise ValueError("evaluation ranks the whole split: load it as a map-style Dataset (no streaming)")
+    if len(products) == 0:
+        raise ValueError(
+            f"the {split!r} split is empty after cleaning (the loader's skip report above says why): "
+            "nothing to evaluate"
+        )
     product_paths = list(products["category"])
     train_paths = list(catalogue["train"]["category"]) if "train" in catalogue else None
     if train_paths is None:
@@ -232,4 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from clipita.cli import run_command
+
+    sys.exit(run_command(main))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from clipita.cli import add_loader_arguments, load_from_args
+from clipita.cli import add_loader_arguments, load_from_args, run_command
 from clipita.encoding import product_encoder
 from clipita.evaluation import precision_at_10
 from clipita.index import (
@@ -42,7 +42,7 @@ from clipita.index import (
     load_shards,
     search,
 )
-from clipita.loading import load_model
+from clipita.loading import check_model_folder, load_model, weights_sha256
 from clipita.schema import PATH_SEPARATOR, synonym_table
 from clipita.tree import CategoryTree, category_nodes
 
@@ -61,6 +61,7 @@ def model_info(model, name_or_path: str) -> dict:
         "projection_dim": getattr(model.config, "projection_dim", None),
         "product_modalities": getattr(model.config, "product_modalities", None),
         "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
+        "weights_sha256": weights_sha256(name_or_path),
     }
 
 
@@ -71,7 +72,7 @@ def build(args: argparse.Namespace) -> None:
     dataset, load_report = load_from_args(args, args.split)
     print(f"catalogue {args.dataset} [{args.split}]: {load_report}")
 
-    fingerprint = {"model": info["name_or_path"], "config_sha256": info["config_sha256"]}
+    fingerprint = {key: info[key] for key in ("name_or_path", "config_sha256", "weights_sha256")}
     fingerprint.update(dataset=args.dataset, split=args.split)
     encode_batch = product_encoder(model, processor, batch_size=args.batch_size)
     report = encode_to_shards(
@@ -188,11 +189,14 @@ def query(args: argparse.Namespace) -> None:
     name = args.model or index.manifest.get("model", {}).get("name_or_path")
     if not name:
         raise ValueError(f"the index at {args.index} does not record its model: pass --model")
+    check_model_folder(name)  # a truncated config.json or weights file: name it
     config = AutoConfig.from_pretrained(
         name, trust_remote_code=True
     )  # fail on a dimension mismatch before loading
     if getattr(config, "projection_dim", None) is not None:
         index.check_dim(config.projection_dim, f"model {name}")
+    if not args.allow_model_mismatch:
+        index.check_weights(weights_sha256(name), f"model {name}")
     synonyms = read_synonyms(args.synonyms)
     model, processor = load_model(name, args.device)
     depth = max(args.k, 10)  # P@10 needs the top 10 whatever k
@@ -263,6 +267,11 @@ def parser() -> argparse.ArgumentParser:
         help='JSON file adding attribute spellings: {"keys": {"colour": ["shade"]}, "values": {"grey": ["gray"]}}',
     )
     q.add_argument("--model", default=None, help="default: the model recorded in the index")
+    q.add_argument(
+        "--allow_model_mismatch",
+        action="store_true",
+        help="query with a model whose weights differ from those that built the index (normally refused)",
+    )
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
     q.set_defaults(run=query)
@@ -271,12 +280,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: args.run(args))
 
 
 if __name__ == "__main__":

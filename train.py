@@ -23,4 +23,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from clipita.cli import run_command
+
+    sys.exit(run_command(main))

@@ -6,11 +6,12 @@ this is the default when no checkpoint can be downloaded, and what tests and the
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPTextConfig, CLIPTokenizer
 
 from configuration_clipita import VARIANTS, CLIPITAConfig
@@ -18,42 +19,93 @@ from modeling_clipita import CLIPITAModel
 from processing_clipita import CLIPITAProcessor
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+END_OF_WORD = "</w>"
+
+
+def _word_counts(texts: Iterable[str], template) -> Counter:
+    """Words of `texts` as CLIP's normaliser and pre-tokeniser cut them (byte-level strings), counted."""
+    counts: Counter = Counter()
+    for text in texts:
+        normalised = template.normalizer.normalize_str(text)
+        counts.update(word for word, _ in template.pre_tokenizer.pre_tokenize_str(normalised))
+    return counts
+
+
+def learn_merges(
+    word_counts: Mapping[str, int], max_new_tokens: int, min_frequency: int = 2
+) -> list[tuple[str, str]]:
+    """Byte-pair merges learnt from counted words, with "</w>" on each word's last symbol.
+
+    The most frequent pair is merged first and ties go to the smallest pair of strings, so the result
+    depends on the data only: not on hash order, the process, the thread count or the order of the words
+    (the `tokenizers` trainer breaks ties by ids it hands out in hash-map order, which differs between
+    processes). Stops at `max_new_tokens` new symbols or when no pair occurs `min_frequency` times.
+    """
+    words = [[*word[:-1], word[-1] + END_OF_WORD] for word in sorted(word_counts) if word]
+    freq = [word_counts[word] for word in sorted(word_counts) if word]
+    pairs: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pairs[pair] += freq[i]
+            where.setdefault(pair, set()).add(i)
+    heap = [(-count, pair) for pair, count in pairs.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    made: set[str] = set()
+    while heap and len(made) < max_new_tokens:
+        negative, pair = heapq.heappop(heap)
+        if pairs.get(pair, 0) != -negative:  # a stale entry: the pair's count changed since it was pushed
+            continue
+        if -negative < min_frequency:
+            break
+        merges.append(pair)
+        made.add(pair[0] + pair[1])
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair, ())):
+            old = words[i]
+            new, j = [], 0
+            while j < len(old):
+                if j + 1 < len(old) and (old[j], old[j + 1]) == pair:
+                    new.append(pair[0] + pair[1])
+                    j += 2
+                else:
+                    new.append(old[j])
+                    j += 1
+            for p in zip(old, old[1:]):
+                pairs[p] -= freq[i]
+                changed.add(p)
+            for p in zip(new, new[1:]):
+                pairs[p] += freq[i]
+                where.setdefault(p, set()).add(i)
+                changed.add(p)
+            words[i] = new
+        pairs.pop(pair, None)
+        for p in sorted(changed):
+            if pairs.get(p, 0) > 0:
+                heapq.heappush(heap, (-pairs[p], p))
+            else:
+                pairs.pop(p, None)
+    return merges
 
 
 def train_clip_tokenizer(
     texts: Iterable[str], vocab_size: int = 4096, model_max_length: int | None = None
 ) -> CLIPTokenizer:
-    """Train byte-level BPE with CLIP's normaliser, pre-tokeniser and "</w>" word ends, returned as a
+    """Byte-level BPE with CLIP's normaliser, pre-tokeniser and "</w>" word ends, returned as a
     `CLIPTokenizer` so that the same processor serves it and the openai/clip-* tokenizers.
 
-    `model_max_length` (the processor truncates to it) defaults to the text positions of a CLIP text
-    config, so that texts always fit the text tower.
+    The same texts give the same tokenizer, byte for byte, in every process, run and thread count
+    (`learn_merges` breaks ties by the pairs' strings). `model_max_length` (the processor truncates to it)
+    defaults to the text positions of a CLIP text config, so that texts always fit the text tower.
     """
     if model_max_length is None:
         model_max_length = CLIPTextConfig().max_position_embeddings
     template = CLIPTokenizer()._tokenizer  # CLIP's pipeline, empty vocabulary
-    tokenizer = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=EOS))
-    tokenizer.normalizer = template.normalizer
-    tokenizer.pre_tokenizer = template.pre_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    merges = [
-        tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-        for m in json.loads(tokenizer.to_str())["model"]["merges"]
-    ]
+    counts = _word_counts(texts, template)
     # CLIP keeps both forms of every byte (with and without the "</w>" word end) in its vocabulary.
-    symbols = set(tokenizer.get_vocab()) - {BOS, EOS}
-    symbols |= {form for s in pre_tokenizers.ByteLevel.alphabet() for form in (s, s + "</w>")}
-    # The trainer numbers tokens in a hash order that changes from process to process; number them
-    # canonically (specials, single symbols sorted, then merges in order) so that the same texts always
-    # give the same ids: runs are reproducible and a resumed or multi-process run sees one vocabulary.
+    symbols = {form for s in pre_tokenizers.ByteLevel.alphabet() for form in (s, s + END_OF_WORD)}
+    merges = learn_merges(counts, max_new_tokens=vocab_size - 2 - len(symbols))
     merged = list(dict.fromkeys(a + b for a, b in merges))
     order = [BOS, EOS, *sorted(symbols - set(merged)), *merged]
     vocab = {token: i for i, token in enumerate(order)}
@@ -102,12 +154,15 @@ def build_default_model(
     hidden_size: int = 128,
     layers: int = 3,
     vocab_size: int = 4096,
+    tokenizer: CLIPTokenizer | None = None,
     **config_overrides,
 ) -> tuple[CLIPITAModel, CLIPITAProcessor]:
-    """A from-scratch CLIP-ITA and its processor; `texts` (titles, attributes, category names) train the tokenizer."""
+    """A from-scratch CLIP-ITA and its processor; `texts` (titles, attributes, category names) train the
+    tokenizer, unless one is given (a resumed run's, or the one the main process built)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    tokenizer = train_clip_tokenizer(texts, vocab_size=vocab_size)
+    if tokenizer is None:
+        tokenizer = train_clip_tokenizer(texts, vocab_size=vocab_size)
     processor = CLIPITAProcessor(image_processor_for(image_size), tokenizer)
     config_overrides.setdefault("projection_dim", hidden_size)
     config = CLIPITAConfig(

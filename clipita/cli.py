@@ -7,12 +7,37 @@ Layer 2 (docs/ARCHITECTURE.md): it sits on `clipita.data`; the training package'
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from clipita.data import PRESETS, CatalogueSchemaError, load_catalogue
 from clipita.schema import PATH_SEPARATOR
 from clipita.tree import category_nodes, is_unseen, seen_nodes
+
+# What a careless user causes (a bad flag value, a missing or existing file, a malformed catalogue): a command
+# line reports these on one line with exit status 2, not as a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+USER_ERROR_EXIT = 2
+
+
+def one_line(error: BaseException) -> str:
+    """`error: <message>` on one line (a multi-line message is joined with '; ')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "error: " + ("; ".join(lines) or type(error).__name__)
+
+
+def run_command(work: Callable[[], object]) -> int:
+    """Run a command line's `work`: 0 when it returns; a user error prints `one_line(error)` to stderr and
+    returns 2. CLIPITA_TRACEBACK=1 re-raises it instead, to see where it came from."""
+    try:
+        work()
+    except USER_ERRORS as error:
+        if os.environ.get("CLIPITA_TRACEBACK") == "1":
+            raise
+        print(one_line(error), file=sys.stderr)
+        return USER_ERROR_EXIT
+    return 0
 
 
 def _list_or_str(text: str) -> str | list[str] | None:
@@ -119,11 +144,11 @@ def check_catalogue(argv: Sequence[str] | None = None) -> int:
         argparse.ArgumentParser(prog="python -m clipita.data", description=check_catalogue.__doc__)
     )
     args = parser.parse_args(argv)
-    try:
-        dsd, report = load_from_args(args)
-    except CatalogueSchemaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _report_catalogue(args))
+
+
+def _report_catalogue(args: argparse.Namespace) -> None:
+    dsd, report = load_from_args(args)
     for name, ds in dsd.items():
         print(f"{name}: {len(ds)} products")
     if "train" in dsd and "test" in dsd:
@@ -132,4 +157,3 @@ def check_catalogue(argv: Sequence[str] | None = None) -> int:
         unseen = [node for node in test_nodes if is_unseen(node, seen)]
         print(f"test categories: {len(test_nodes)} nodes, {len(unseen)} unseen in train")
     print(report)
-    return 0

@@ -96,8 +96,9 @@ class CatalogueSchemaError(ValueError):
 # ---------------------------------------------------------------------------------------------------------
 
 OUTSIDE = "image outside the dataset folder"  # absolute, `..` or a symlink out (--allow_external_images)
+DUPLICATE_ID = "duplicate product_id (the first row with it is kept)"
 _WHERE = {UNREADABLE: "column 'image'", EMPTY_CATEGORY: "column 'category'", TOO_LARGE: "column 'image'",
-          NOT_REGULAR: "column 'image'", OUTSIDE: "column 'image'"}  # fmt: skip
+          NOT_REGULAR: "column 'image'", OUTSIDE: "column 'image'", DUPLICATE_ID: "column 'product_id'"}  # fmt: skip
 
 
 def image_roots(source: str, allow_external: bool = False) -> list[str] | None:
@@ -172,22 +173,35 @@ def clean_catalogue(
     num_proc: int | None = None,
     report: SkipReport | None = None,
     roots: Sequence[str] | None = None,
+    seen_ids: set[str] | None = None,
 ) -> tuple[AnyDataset, SkipReport]:
-    """Drop rows with an unreadable image, an empty category or an image over the pixel budget, and rows
-    whose image is a local path outside `roots` (None: no such check) or not a regular file.
+    """Drop rows with an unreadable image, an empty category, an image over the pixel budget, an image
+    that is a local path outside `roots` (None: no such check) or not a regular file, or a product_id met
+    before (in this split or, through `seen_ids`, in the splits cleaned before it): ids key the index and
+    the Space's images, so a duplicate would show another product's image. A stream is not checked for
+    duplicates: it may be read more than once, and a second pass would drop every row.
 
     Counts go to `report` (a new one when None). For a streaming dataset rows are checked as they are
     read, so the report is complete once the stream has been consumed: print it at the end of the run.
     """
     report = report if report is not None else SkipReport()
+    seen_ids = seen_ids if seen_ids is not None else set()
+
+    def problem_of(problem: str | None, product_id: str, unique: bool = True) -> str | None:
+        if not problem and unique and product_id in seen_ids:
+            problem = DUPLICATE_ID
+        if problem:
+            report.record(problem, product_id)
+        elif unique:
+            seen_ids.add(product_id)
+        return problem
+
     if isinstance(ds, datasets.IterableDataset):
 
         def keep(image, category, product_id) -> bool:
             report.rows += 1
             problem = image_problem(image, category, max_image_pixels, roots)
-            if problem:
-                report.record(problem, product_id)
-            return not problem
+            return not problem_of(problem, product_id, unique=False)
 
         raw = ds.cast_column("image", datasets.Image(decode=False))
         kept = raw.filter(keep, input_columns=["image", "category", "product_id"])
@@ -216,9 +230,7 @@ def clean_catalogue(
     report.rows += len(checked)
     keep = []
     for i, (problem, pid) in enumerate(zip(checked["problem"], checked["product_id"])):
-        if problem:
-            report.record(problem, pid)
-        else:
+        if not problem_of(problem, pid):
             keep.append(i)
     return (ds if len(keep) == len(ds) else ds.select(keep)), report
 
@@ -432,16 +444,29 @@ def _read_rows(path: Path, report: SkipReport) -> pd.DataFrame:
             report.rows += 1
             report.record(reason, fields[0] if fields else "?")
 
-        return pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines=bad_line, engine="python")
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines=bad_line, engine="python")
+        except UnicodeDecodeError as err:
+            raise CatalogueSchemaError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    report.rows += 1
-                    report.record(reason, f"line {number}")
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is skipped, not fatal to the rest
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                problem = (
+                    None if isinstance(record, dict) else f"not a JSON object but {type(record).__name__}"
+                )
+            except UnicodeDecodeError:
+                problem = "not UTF-8"
+            except json.JSONDecodeError:
+                problem = "not JSON"
+            if problem is None:
+                records.append(record)
+            else:
+                report.rows += 1
+                report.record(f"{reason} ({problem})", f"line {number}")
     return pd.DataFrame.from_records(records)
 
 
@@ -531,7 +556,13 @@ def _read_source(
                 f"{source}: unsupported file type '{path.suffix}' (parquet, arrow, jsonl, csv)"
             )
         return datasets.load_dataset(kind, data_files={"train": str(path)}, streaming=streaming)
-    return datasets.load_dataset(source, data_dir=data_dir, streaming=streaming)  # a Hub dataset id
+    if source.count("/") > 1 or source.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in source):
+        raise CatalogueSchemaError(f"{source}: no such file or folder (nor a Hub dataset id: 'owner/name')")
+    try:
+        return datasets.load_dataset(source, data_dir=data_dir, streaming=streaming)  # a Hub dataset id
+    except FileNotFoundError as err:  # datasets' DatasetNotFoundError is one
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CatalogueSchemaError(f"{source}: no such file or folder, nor a Hub dataset ({first})") from None
 
 
 def _carve(ds: AnyDataset, low: float, high: float, inside: bool) -> AnyDataset:
@@ -542,6 +573,10 @@ def _carve(ds: AnyDataset, low: float, high: float, inside: bool) -> AnyDataset:
         return (low <= u < high) == inside
 
     return ds.filter(chosen, input_columns=["product_id"])
+
+
+def _split_rank(name: str) -> tuple[int, str]:
+    return (SPLITS.index(name) if name in SPLITS else len(SPLITS), name)
 
 
 def _normalise_splits(dsd: Mapping[str, AnyDataset], eval_only: bool) -> dict[str, AnyDataset]:
@@ -625,8 +660,9 @@ def load_catalogue(
     if split is not None and split not in splits:
         raise ValueError(f"{source}: no split '{split}'; splits present: {sorted(splits)}")
     roots = image_roots(source, allow_external_images)
-    for name in [split] if split else list(splits):
-        splits[name], _ = clean_catalogue(splits[name], max_image_pixels, num_proc, report, roots)
+    seen_ids: set[str] = set()  # across splits: the first split (train, validation, test) keeps an id
+    for name in [split] if split else sorted(splits, key=_split_rank):
+        splits[name], _ = clean_catalogue(splits[name], max_image_pixels, num_proc, report, roots, seen_ids)
     if not streaming:
         (logger.warning if report.total_skipped else logger.info)("%s: %s", source, report)
     if split is not None:

@@ -52,6 +52,22 @@ def _count(value: Any, low: int, high: int, what: str) -> int:
     return int(number)
 
 
+def count_slider(*args, **kwargs) -> gr.Slider:
+    """A slider for a count whose API value, when not a finite number (None, "nan", text), reaches the
+    function as sent, whose `_count` answers with a message, instead of failing in Gradio's bounds check
+    with its generic error. (The instance's preprocess is wrapped: a Slider subclass would make Gradio
+    write a .pyi stub beside this file.)"""
+    slider = gr.Slider(*args, **kwargs)
+    bounded = slider.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
+        return bounded(payload) if number and math.isfinite(payload) else payload
+
+    slider.preprocess = preprocess
+    return slider
+
+
 def caption(hit: Hit) -> str:
     attributes = ", ".join(hit.attributes)
     lines = [f"{hit.score:.3f} · {hit.title or hit.product_id}", path_text(hit.category)]

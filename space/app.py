@@ -139,7 +139,7 @@ def build_blocks(loaded: Sequence[variants.Variant]) -> gr.Blocks:
                             max_length=MAX_QUERY_CHARS,
                             elem_id="query",
                         )
-                        k = gr.Slider(
+                        k = answers.count_slider(
                             1, answers.MAX_K, value=answers.DEFAULT_K, step=1, label="Products (k)", scale=1
                         )
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")

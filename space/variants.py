@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from clipita.index import CatalogueIndex
-from clipita.loading import load_model
+from clipita.loading import load_model, weights_sha256
 from clipita.schema import path_text
 from clipita.tree import CategoryTree
 from modeling_clipita import MAX_LOGIT_SCALE
@@ -82,10 +82,12 @@ def load_variants(
     catalogue: Any = None,
     names: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    allow_model_mismatch: bool = False,
 ) -> list[Variant]:
     """Load every (model, index) pair once; pairs built from one catalogue share its images.
 
-    A model given as None is the one the index manifest records. `catalogue` overrides the catalogue the
+    A model given as None is the one the index manifest records; a model whose weights differ from those
+    that built its index is refused unless `allow_model_mismatch`. `catalogue` overrides the catalogue the
     manifests record (where the products' images come from).
     """
     if not indexes or len(models) != len(indexes):
@@ -101,6 +103,8 @@ def load_variants(
         model_spec = model_spec or recorded_model(index, index_spec)
         model, processor = load_model(model_spec)
         index.check_dim(model.config.projection_dim, f"model {model_spec}")
+        if not allow_model_mismatch:
+            index.check_weights(weights_sha256(model_spec), f"model {model_spec}")
         recorded = recorded_catalogue(index)
         source = catalogue if catalogue is not None else recorded.get("source")
         if source is None:

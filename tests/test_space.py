@@ -279,7 +279,7 @@ def test_empty_query_gets_a_message(client, query):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [0, answers.MAX_K + 1, 2.5])
+@pytest.mark.parametrize("k", [0, answers.MAX_K + 1, 2.5, None, "nan", "ten"])
 def test_out_of_range_k_gets_a_message(client, k):
     with pytest.raises(AppError, match="minimum value|maximum value|whole number"):
         client.predict("Red Things", k, api_name="/search_category")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -134,6 +135,10 @@ def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path):
         "checkpoint-2",
         "checkpoint-3",
     ]
+    # the main process built the tokenizer and the other loaded it: one vocabulary, saved with each checkpoint
+    shared = json.loads((run / "checkpoints" / "tokenizer" / "tokenizer.json").read_text())
+    saved = json.loads((run / "checkpoints" / "checkpoint-3" / "tokenizer" / "tokenizer.json").read_text())
+    assert shared["model"] == saved["model"] and shared["added_tokens"] == saved["added_tokens"]
     assert {p.name for p in (run / "checkpoints" / "checkpoint-3").glob("random_states_*.pkl")} == {
         "random_states_0.pkl",
         "random_states_1.pkl",

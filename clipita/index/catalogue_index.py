@@ -29,6 +29,7 @@ from clipita.index.kinds import (
     measure_recall,
 )
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
+from clipita.loading import json_problem
 from clipita.schema import normalise_attribute, synonym_table
 
 MANIFEST_FILE = "manifest.json"
@@ -188,11 +189,34 @@ class CatalogueIndex:
         path = Path(directory)
         if not (path / MANIFEST_FILE).exists():
             raise FileNotFoundError(f"{path} is not an index folder: it has no {MANIFEST_FILE}")
+        problem = json_problem(path / MANIFEST_FILE)
+        if problem:
+            raise ValueError(f"{path / MANIFEST_FILE}: {problem}; rebuild the index")
         manifest = json.loads((path / MANIFEST_FILE).read_text())
-        index = faiss.read_index(str(path / "index.faiss"))
+
+        def read(name: str, reader):
+            try:
+                return reader(path / name)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"{path / name}: missing from the index folder; rebuild the index"
+                ) from None
+            except Exception as err:  # faiss, numpy and arrow each raise their own kind on a damaged file
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(
+                    f"{path / name}: unreadable, truncated or corrupted ({first}); rebuild the index"
+                ) from None
+
+        index = read("index.faiss", lambda f: faiss.read_index(str(f)))
         apply_search_params(index, manifest["index"]["kind"], manifest["index"]["params"])
-        embeddings = np.load(path / "embeddings.npy", mmap_mode="r")
-        return cls(index, embeddings, pq.read_table(path / "metadata.parquet"), manifest, str(path))
+        embeddings = read("embeddings.npy", lambda f: np.load(f, mmap_mode="r"))
+        metadata = read("metadata.parquet", pq.read_table)
+        if index.ntotal != len(embeddings) or len(metadata) != len(embeddings):
+            raise ValueError(
+                f"{path}: index.faiss holds {index.ntotal} vectors, embeddings.npy {len(embeddings)} and "
+                f"metadata.parquet {len(metadata)} rows; the folder mixes two builds: rebuild the index"
+            )
+        return cls(index, embeddings, metadata, manifest, str(path))
 
     def check_dim(self, dim: int, model_name: str = "the query model") -> None:
         """An index built by a model of another dimension is unusable: say which two models disagree."""
@@ -201,6 +225,19 @@ class CatalogueIndex:
             raise ValueError(
                 f"dimension mismatch: {model_name} gives {dim}-d embeddings but the index{where} holds "
                 f"{self.dim}-d embeddings built by {self.model_name}; rebuild the index with this model"
+            )
+
+    def check_weights(self, sha256: str, model_name: str = "the query model") -> None:
+        """An index answers only for the weights that built it: a model of the same dimension but other
+        weights (another model, or the same folder retrained) would return noise. Indexes older than the
+        weights fingerprint record none and are not checked."""
+        recorded = (self.manifest.get("model") or {}).get("weights_sha256")
+        if recorded and recorded != sha256:
+            where = f" at {self.path}" if self.path else ""
+            raise ValueError(
+                f"model mismatch: the index{where} was built by {self.model_name} with weights "
+                f"{recorded[:12]}, but {model_name} has weights {sha256[:12]}; rebuild the index with this "
+                "model, or pass --allow_model_mismatch"
             )
 
     def rows_matching(self, filters: Sequence[str], synonyms: Mapping | None = None) -> np.ndarray:

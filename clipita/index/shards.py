@@ -130,9 +130,12 @@ def encode_to_shards(
         "complete": False,
     }
     if fingerprint is not None and state["fingerprint"] not in (None, fingerprint):
+        old = state["fingerprint"]
+        differ = sorted(k for k in {*old, *fingerprint} if old.get(k) != fingerprint.get(k))
+        what = "; ".join(f"{k}: {old.get(k)} there, {fingerprint.get(k)} now" for k in differ)
         raise ValueError(
-            f"{out} holds an encode of {state['fingerprint']}, not of {fingerprint}: "
-            "use another output folder or delete this one"
+            f"{out} holds an unfinished encode of other work ({what}), e.g. a model retrained since: "
+            "refusing to mix them; use another output folder or delete this one"
         )
     resumed_from = state["rows_done"]
     if not state["complete"]:

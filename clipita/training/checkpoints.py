@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipita.fileio import publish_dir, write_json
+from clipita.loading import json_problem, safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ STATE_FILE = "trainer_state.json"
 BEST_PREFIX = "best-"
 BEST_WEIGHTS = "model.safetensors"
 BEST_INFO = "best.json"
+TOKENIZER_DIR = "tokenizer"  # in every checkpoint, and the run's own copy in the checkpoints folder
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 _BEST_NAME = re.compile(rf"^{BEST_PREFIX}(\d+)$")
 
@@ -95,12 +97,20 @@ def resolve_resume(value: str | None, checkpoints_dir: Path) -> Path | None:
     if not value:
         return None
     if value == "latest":
-        found = latest_checkpoint(checkpoints_dir)
+        found = None
+        for candidate in reversed(complete_checkpoints(checkpoints_dir)):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                found = candidate
+                break
+            logger.warning("--resume_from_checkpoint latest: skipping %s: %s", candidate.name, problem)
         if found is None:
             logger.warning(
                 "--resume_from_checkpoint latest: no complete checkpoint in %s; starting fresh",
                 checkpoints_dir,
             )
+        elif found != latest_checkpoint(checkpoints_dir):
+            logger.warning("resuming from %s, the newest checkpoint whose files are whole", found.name)
         return found
     path = Path(value)
     if not path.is_dir():
@@ -110,7 +120,27 @@ def resolve_resume(value: str | None, checkpoints_dir: Path) -> Path | None:
             f"--resume_from_checkpoint {value}: not a complete checkpoint (no {COMPLETE} marker or {STATE_FILE}); "
             "it was probably interrupted while saving"
         )
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"--resume_from_checkpoint {value}: {problem}")
     return path
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """The first truncated or malformed file of a complete checkpoint, named (None when all are whole):
+    trainer_state.json, the tokenizer, and the safetensors weights (their headers and sizes)."""
+    files = [checkpoint / STATE_FILE, checkpoint / TOKENIZER_DIR / "tokenizer.json"]
+    for file in files:
+        problem = (
+            json_problem(file) if file.is_file() or file.name == STATE_FILE else None
+        )  # older: no tokenizer
+        if problem:
+            return f"{file}: {problem}"
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            return f"{file}: {problem}"
+    return None
 
 
 def remove_partial(checkpoints_dir: Path) -> list[Path]:
@@ -138,8 +168,10 @@ def save_checkpoint(
     step: int,
     trainer_state: TrainerState,
     total_limit: int | None = None,
+    tokenizer=None,
 ) -> Path:
-    """Save Accelerate's full state (model, optimizer, scheduler, RNG, scaler) plus `trainer_state`.
+    """Save Accelerate's full state (model, optimizer, scheduler, RNG, scaler) plus `trainer_state`, and
+    the run's `tokenizer` (a resumed run loads it instead of rebuilding it).
 
     Every process must call it (each writes its RNG state); the main process publishes the folder.
     """
@@ -154,10 +186,31 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / STATE_FILE, trainer_state.to_json())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         publish_dir(tmp, final, COMPLETE)
         rotate(checkpoints_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_tokenizer(tokenizer, folder: Path) -> Path:
+    """Write `tokenizer` into `folder` whole (built aside, then moved in): a reader never sees half of it."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tokenizer.save_pretrained(str(tmp))
+    publish_dir(tmp, folder)
+    return folder
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer `save_tokenizer` or `save_checkpoint` wrote; None when `folder` holds none."""
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def load_trainer_state(checkpoint: Path) -> TrainerState:

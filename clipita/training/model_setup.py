@@ -70,15 +70,24 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLIPITAProcessor]:
-    """`--base_model` through `CLIPITAModel.from_clip`, else `bootstrap.build_default_model`; then the
-    `--freeze_*` flags."""
-    model, processor = _build_model(args, train_rows)
+def build_tokenizer(args: argparse.Namespace, train_rows):
+    """The tokenizer a from-scratch run trains on its training split (None with `--base_model`)."""
+    if args.base_model:
+        return None
+    return bootstrap.train_clip_tokenizer(training_texts(train_rows), vocab_size=args.vocab_size)
+
+
+def build_model(
+    args: argparse.Namespace, train_rows, tokenizer=None
+) -> tuple[CLIPITAModel, CLIPITAProcessor]:
+    """`--base_model` through `CLIPITAModel.from_clip`, else `bootstrap.build_default_model` (with
+    `tokenizer` when given, else one trained on `train_rows`); then the `--freeze_*` flags."""
+    model, processor = _build_model(args, train_rows, tokenizer)
     freeze_towers(model, vision=args.freeze_vision, text=args.freeze_text)
     return model, processor
 
 
-def _build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CLIPITAProcessor]:
+def _build_model(args: argparse.Namespace, train_rows, tokenizer) -> tuple[CLIPITAModel, CLIPITAProcessor]:
     if args.base_model:
         from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -101,6 +110,7 @@ def _build_model(args: argparse.Namespace, train_rows) -> tuple[CLIPITAModel, CL
         hidden_size=args.hidden_size,
         layers=args.num_hidden_layers,
         vocab_size=args.vocab_size,
+        tokenizer=tokenizer,
         **model_config_overrides(args),
     )
     processor.category_format = args.category_format

@@ -30,7 +30,12 @@ from clipita.training.checkpoints import TrainerState
 from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
 from clipita.training.export import build_metrics, push_to_hub, write_outputs
 from clipita.training.gradcache import contrastive_step
-from clipita.training.model_setup import build_model, enable_activation_checkpointing, optimizer_groups
+from clipita.training.model_setup import (
+    build_model,
+    build_tokenizer,
+    enable_activation_checkpointing,
+    optimizer_groups,
+)
 from clipita.training.validation import PRIMARY_METRIC, Validator, flatten_metrics
 from clipita.tree import NodeVocabulary
 
@@ -175,7 +180,8 @@ class Trainer:
             train_rows = train_rows.shuffle(seed=args.seed).select(range(args.max_train_samples))
         train_paths = [list(p) for p in train_rows["category"]]
 
-        model, self.processor = build_model(args, train_rows)
+        tokenizer = self._run_tokenizer(resume, train_rows)
+        model, self.processor = build_model(args, train_rows, tokenizer)
         fingerprint = tokenizer_fingerprint(self.processor)
         _check_same_on_all_processes(accelerator, fingerprint)
         if args.gradient_checkpointing:
@@ -224,6 +230,28 @@ class Trainer:
         if accelerator.is_main_process and args.report_to != "none":
             accelerator.init_trackers(TRACKER_PROJECT, config=_tracker_config(args))
 
+    def _run_tokenizer(self, resume: Path | None, train_rows):
+        """The tokenizer of the run: a resumed run's is the one its checkpoint holds; a fresh run's is
+        built by the main process alone and loaded by the others, so no process depends on rebuilding it
+        identically. None with `--base_model` (its own tokenizer)."""
+        if self.args.base_model:
+            return None
+        if resume is not None:
+            saved = ckpt.load_tokenizer(resume / ckpt.TOKENIZER_DIR)
+            if saved is not None:
+                logger.info("tokenizer: the one saved in %s", resume)
+                return saved
+            logger.warning("%s holds no tokenizer (an older checkpoint): rebuilding it from the data", resume)
+        shared = self.checkpoints_dir / ckpt.TOKENIZER_DIR
+        with self.accelerator.main_process_first():
+            if self.accelerator.is_main_process:
+                tokenizer = build_tokenizer(self.args, train_rows)
+                if self.accelerator.num_processes > 1:
+                    ckpt.save_tokenizer(tokenizer, shared)
+            else:
+                tokenizer = ckpt.load_tokenizer(shared)
+        return tokenizer
+
     def _validator(self, splits, modalities, train_paths) -> Validator | None:
         args = self.args
         if args.eval_steps and "validation" not in splits:
@@ -249,7 +277,14 @@ class Trainer:
 
     def _resume(self, checkpoint: Path) -> None:
         """Restore Accelerate's state and the trainer state of `checkpoint`, after checking the run's shape."""
-        self.accelerator.load_state(str(checkpoint))
+        try:
+            self.accelerator.load_state(str(checkpoint))
+        except Exception as err:  # a damaged optimizer / scheduler / RNG file: name the checkpoint
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"cannot resume from {checkpoint}: a file of it is unreadable ({type(err).__name__}: {first}); "
+                "pass an older checkpoint folder to --resume_from_checkpoint"
+            ) from err
         saved = ckpt.load_trainer_state(checkpoint)
         for key in TrainerState.SHAPE:
             if getattr(saved, key) != getattr(self.state, key):
@@ -300,7 +335,12 @@ class Trainer:
         if main:
             self.state.checkpoint_best_step = self.state.best_step
         path = ckpt.save_checkpoint(
-            self.accelerator, self.checkpoints_dir, step, self.state, self.args.checkpoints_total_limit
+            self.accelerator,
+            self.checkpoints_dir,
+            step,
+            self.state,
+            self.args.checkpoints_total_limit,
+            tokenizer=None if self.args.base_model else self.processor.tokenizer,
         )
         if main:
             ckpt.prune_best(self.checkpoints_dir, keep={self.state.checkpoint_best_step})
