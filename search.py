@@ -44,7 +44,7 @@ from clipita.index import (
 )
 from clipita.loading import load_model
 from clipita.schema import PATH_SEPARATOR, synonym_table
-from clipita.tree import CategoryTree, category_nodes
+from clipita.tree import NODE_SCORINGS, CategoryTree, category_nodes
 
 MAX_TEXT_QUERIES = 1000  # category names encoded to measure an approximate index's recall on text
 
@@ -204,6 +204,7 @@ def query(args: argparse.Namespace) -> None:
         processor=processor,
         filters=args.filter,
         synonyms=synonyms,
+        node_scoring=args.node_scoring,
     )
     paths = index.metadata.column("category").to_pylist()
     answers = [answer(q, hits, args.k, args.filter, paths) for q, hits in zip(args.queries, results)]
@@ -263,6 +264,13 @@ def parser() -> argparse.ArgumentParser:
         help='JSON file adding attribute spellings: {"keys": {"colour": ["shade"]}, "values": {"grey": ["gray"]}}',
     )
     q.add_argument("--model", default=None, help="default: the model recorded in the index")
+    q.add_argument(
+        "--node_scoring",
+        choices=tuple(NODE_SCORINGS),
+        default="node",
+        help="how a query that names a node scores products; "
+        + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
+    )
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
     q.set_defaults(run=query)
