@@ -24,7 +24,8 @@ ROW_ORDER = ("paper", "paper + max_leaf", "broad dropout", "broad dropout + max_
 
 def columns(report: dict) -> list[tuple[str, tuple[str, ...]]]:
     """(column name, path into per_depth) for every depth: retrieval mAP@10 (leaf: seen / unseen; broad:
-    all and over new leaves) and placement top-1 of new / known product types."""
+    all and over new leaves) and placement top-1 of new / known product types (by node score), and of new
+    types by the suggested category paths."""
     out = []
     for depth in report["retrieval"]:
         if depth == "leaf":
@@ -33,7 +34,8 @@ def columns(report: dict) -> list[tuple[str, tuple[str, ...]]]:
             out += [(f"{depth} mAP@10", ("retrieval", depth, "all", "mAP@10"))]
             out += [(f"{depth} mAP@10 new leaves", ("retrieval", depth, "new_leaves", "mAP@10"))]
     for depth in report["placement"]:
-        out += [(f"{depth} placed new / known", ("placement", depth, g, "top1")) for g in ("new", "known")]
+        out += [(f"{depth} placed {g}", ("placement", depth, g, "top1")) for g in ("new", "known")]
+        out += [(f"{depth} path placed new", ("path_placement", depth, "new", "top1"))]
     return out
 
 
