@@ -1,7 +1,8 @@
 """Evaluate CLIP-ITA checkpoints and baselines on category-to-image retrieval (the paper's protocol).
 
     python eval.py --model DIR [--model DIR2 ...] --dataset DATASET --split test --output outputs/results.json \
-        [--baselines bm25[,clip-zero-shot]] [--settings all,general,specific] [--batch_size 64] [--max_queries N]
+        [--baselines bm25[,clip-zero-shot]] [--settings all,general,specific] [--batch_size 64] [--max_queries N] \
+        [--node_scoring node|max_leaf]
 
 Prints a table shaped like the paper's Table 1 and writes results.json:
 
@@ -15,6 +16,17 @@ Prints a table shaped like the paper's Table 1 and writes results.json:
                                "unseen_sibling_share_exposed": share}  (specific only, with a train
                                split): the mean share of a seen leaf's top 10 taken by products of
                                its unseen sibling leaves, over all seen leaves / those with an unseen sibling}},
+     "per_depth": (model runs with a train split) {
+         "node_scoring": "node" | "max_leaf",
+         "retrieval": {"root" | "depth2" | ... | "leaf": {
+             "all" | "seen" | "unseen" | "known_leaves" | "new_leaves": {"P@10", "mAP@10": value in [0, 1],
+                                                                        "num_queries": n} or null}},
+             (known_leaves / new_leaves: broad depths only; relevance limited to products whose leaf was /
+              was not seen in training, the other relevant products taken out of the ranking)
+         "placement" | "path_placement": {"root" | ... | "leaf": {"known" | "new": {"top1", "top3": value in
+             [0, 1], "num_products": n} or null}}},
+             (a product's node at that depth among every node of the depth, by node score / by the suggested
+              category paths; "new": the product's leaf has no training product, a new product type)
      "baselines": [every other run (other --model folders, BM25, CLIP zero-shot), same keys]}
 
 The first --model is the top-level run. Metric definitions: clipita/metrics/clipita_retrieval/README.md.
@@ -32,15 +44,17 @@ from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings, pretrained_
 from clipita.cli import add_loader_arguments, load_from_args
 from clipita.evaluation import (
     clipita_embeddings,
+    clipita_per_depth,
     evaluate_dense,
     evaluate_rankings,
+    format_per_depth,
     format_sibling_confusion,
     format_table,
     plot_results,
 )
 from clipita.loading import load_model
 from clipita.results import BASELINES, runs_by_name
-from clipita.tree import LEVELS
+from clipita.tree import LEVELS, NODE_SCORINGS, CategoryTree, check_node_scoring
 
 logger = logging.getLogger("eval")
 
@@ -54,6 +68,7 @@ def run_evaluation(
     zero_shot_from: str | None = None,
     batch_size: int = 64,
     device: str | None = None,
+    node_scoring: str = "node",
     **protocol,
 ) -> dict:
     """Evaluate checkpoints and baselines on one split of a catalogue (a `datasets.DatasetDict`; its train
@@ -64,7 +79,9 @@ def run_evaluation(
     (settings, max_queries_per_setting, seed). The zero-shot CLIP baseline uses the CLIP towers and
     projections inside ``zero_shot_from`` (default: the first model), so it is zero-shot only when that
     model kept CLIP frozen. ``baselines=None`` runs BM25, and zero-shot CLIP when those towers come from a
-    pretrained CLIP (`default_baselines`); name it to run it whatever the towers.
+    pretrained CLIP (`default_baselines`); name it to run it whatever the towers. Each model's run also
+    gets "per_depth" (`clipita.evaluation.per_depth_report`, with a train split), its node scores read by
+    ``node_scoring`` (`clipita.tree.NODE_SCORINGS`).
     """
     import datasets
 
@@ -92,6 +109,8 @@ def run_evaluation(
             "no train split: seen / unseen categories cannot be told apart and are reported as null"
         )
     meta = {"dataset": dataset_name, "split": split}
+    check_node_scoring(node_scoring)
+    tree_nodes = CategoryTree(path for name in catalogue for path in catalogue[name]["category"]).nodes()
 
     def run(name: str, model: str, results: dict, skipped: int, **extra) -> dict:
         entry = {"name": name, "model": model, **meta, "num_products": len(products) - skipped}
@@ -123,10 +142,21 @@ def run_evaluation(
         results, skipped = evaluate_dense(
             embeds, encode_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
         )
+        per_depth = {}
+        if train_paths is not None:
+            per_depth["per_depth"] = clipita_per_depth(
+                embeds,
+                encode_queries,
+                tree_nodes,
+                product_paths,
+                train_paths,
+                processor.category_text,
+                node_scoring,
+            )
         name = Path(str(path).rstrip("/")).name or str(path)
         name = name if name not in names else f"{name} ({len(names)})"
         names.append(name)
-        runs.append(run(name, str(path), results, skipped, variant=model.config.variant))
+        runs.append(run(name, str(path), results, skipped, variant=model.config.variant, **per_depth))
         del model
     primary = len(runs) - len(model_paths) if model_paths else 0
     return {**runs[primary], "baselines": [r for i, r in enumerate(runs) if i != primary]}
@@ -190,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_queries", type=int, help="sample at most N queries per setting (seeded)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query sample")
+    parser.add_argument(
+        "--node_scoring",
+        choices=tuple(NODE_SCORINGS),
+        default="node",
+        help="per-depth metrics: how a node scores a product; "
+        + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
+    )
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--table", type=Path, help="also write the markdown table here")
     parser.add_argument("--plot", type=Path, help="also write a P@10 bar plot (PNG) here")
@@ -220,12 +257,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         settings=args.settings,
         max_queries_per_setting=args.max_queries,
         seed=args.seed,
+        node_scoring=args.node_scoring,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     table = format_table(runs_by_name(results))
     if confusion := format_sibling_confusion(runs_by_name(results)):
         table += "\n" + confusion
+    if per_depth := format_per_depth(runs_by_name(results)):
+        table += "\n" + per_depth
     print(table)
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)

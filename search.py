@@ -44,7 +44,7 @@ from clipita.index import (
 )
 from clipita.loading import check_model_folder, load_model, weights_sha256
 from clipita.schema import PATH_SEPARATOR, synonym_table
-from clipita.tree import CategoryTree, category_nodes
+from clipita.tree import NODE_SCORINGS, CategoryTree, category_nodes
 
 MAX_TEXT_QUERIES = 1000  # category names encoded to measure an approximate index's recall on text
 
@@ -208,6 +208,7 @@ def query(args: argparse.Namespace) -> None:
         processor=processor,
         filters=args.filter,
         synonyms=synonyms,
+        node_scoring=args.node_scoring,
     )
     paths = index.metadata.column("category").to_pylist()
     answers = [answer(q, hits, args.k, args.filter, paths) for q, hits in zip(args.queries, results)]
@@ -271,6 +272,13 @@ def parser() -> argparse.ArgumentParser:
         "--allow_model_mismatch",
         action="store_true",
         help="query with a model whose weights differ from those that built the index (normally refused)",
+    )
+    q.add_argument(
+        "--node_scoring",
+        choices=tuple(NODE_SCORINGS),
+        default="node",
+        help="how a query that names a node scores products; "
+        + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
     )
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")

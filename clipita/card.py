@@ -172,6 +172,17 @@ def evaluation_table(result: Mapping) -> str:
     return scores_table({s: settings[s] for s in order}, "setting")
 
 
+def per_depth_table(result: Mapping) -> str | None:
+    """This run's retrieval and placement at every depth of the tree (eval.py's "per_depth"), as eval.py
+    prints it, so a gap at one level never hides inside "all"."""
+    if not result.get("per_depth"):
+        return None
+    from clipita.evaluation import format_per_depth
+
+    name = str(result.get("name") or result.get("model") or "this checkpoint")
+    return format_per_depth({name: result}).strip()
+
+
 def comparison_table(result: Mapping) -> str | None:
     """This run beside the other runs of the same evaluation (baselines, other variants), as eval.py prints it."""
     if not result.get("baselines"):
@@ -463,6 +474,7 @@ def render_model_card(
         result=result,
         evaluation_table=evaluation_table(result) if result else None,
         comparison_table=comparison_table(result) if result else None,
+        per_depth_table=per_depth_table(result) if result else None,
         evaluated_model=display_path(result.get("name") or result.get("model")) if result else None,
         ablation_plot=copy_plot(ablation_plot, model_dir) if ablation_plot else None,
         paper_row=PAPER_TABLE.get(variant),

@@ -607,6 +607,10 @@ class Leaf:
     hidden: tuple[str, tuple[str, ...]] | None = None  # attribute that is not drawn: key, values
     phrases: tuple[str, ...] = ()  # title phrases that name a title-only leaf
     title_hint: float = 0.4  # how often the title names an attribute-only variant
+    # "hard" layout only: attributes shared by the leaf's group / root ("key", values), and rare title words
+    # naming the group. Empty for the demo tree, whose products draw nothing extra for them.
+    context: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    group_words: tuple[str, ...] = ()
 
 
 def _tree() -> tuple[Leaf, ...]:
@@ -744,6 +748,138 @@ def held_out_leaves(seed: int, fraction: float = 0.15, leaves: Sequence[Leaf] = 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The "hard" layout: broad parents of unlike-looking children, many small leaves, whole types held out
+# ---------------------------------------------------------------------------------------------------------
+
+LAYOUTS = ("demo", "hard")
+
+# root -> (root attribute, {group -> (group attribute, title words naming the group, product types)}).
+# A group's types look unlike each other; what they share is the group's (and root's) attribute values,
+# which never repeat the category's name, and a title that names the group in ~8% of products.
+_HARD_TREE: dict[str, tuple[tuple[str, tuple[str, ...]], dict[str, tuple]]] = {
+    "Home": (("warranty", ("2 year warranty", "1 year warranty", "lifetime guarantee")), {
+        "Kitchen & Dining": (("food contact", ("food safe", "lead free", "FDA approved")), ("for the Kitchen", "Dining"),
+                             ("mug", "bowl", "plate", "water_bottle")),
+        "Living Room": (("room", ("lounge", "den", "family room")), ("Living Room", "Home Decor"),
+                        ("vase", "candle", "clock", "table")),
+        "Home Office": (("workspace", ("desk setup", "remote work", "study")), ("Home Office", "for the Office"),
+                        ("lamp", "chair", "laptop")),
+    }),
+    "Fashion": (("care", ("machine wash", "wipe clean", "spot clean")), {
+        "Apparel": (("fit guide", ("true to size", "size up", "relaxed cut")), ("Apparel", "Clothing"),
+                    ("tshirt", "dress", "trousers", "beanie")),
+        "Footwear & Bags": (("season", ("all season", "spring/summer", "autumn/winter")), ("Footwear", "On the Go"),
+                            ("running_shoe", "boot", "backpack")),
+        "Accessories": (("gift wrap", ("gift box included", "gift ready", "boxed")), ("Accessories", "Accessory"),
+                        ("handbag", "watch", "phone_case")),
+    }),
+    "Leisure": (("age range", ("teens", "all ages", "family")), {
+        "Gadgets": (("battery", ("rechargeable", "USB-C charging", "long battery life")), ("Gadget", "Tech"),
+                    ("smartphone", "headphones")),
+        "Kids & Play": (("safety", ("CE certified", "non-toxic", "EN71 tested")), ("Kids Play", "Playtime"),
+                        ("teddy_bear", "blocks", "soccer_ball")),
+        "Outdoor & Fitness": (("use", ("outdoor", "patio", "garden and gym")), ("Outdoor", "Fitness"),
+                              ("yoga_mat", "planter", "watering_can")),
+    }),
+}  # fmt: skip
+_HARD_PLURALS = {
+    "mug": "Mugs", "bowl": "Bowls", "plate": "Plates", "water_bottle": "Water Bottles", "vase": "Vases",
+    "candle": "Candles", "clock": "Wall Clocks", "table": "Tables", "lamp": "Desk Lamps", "chair": "Chairs",
+    "laptop": "Laptops", "tshirt": "T-Shirts", "dress": "Dresses", "trousers": "Trousers", "beanie": "Beanies",
+    "running_shoe": "Running Shoes", "boot": "Boots", "backpack": "Backpacks", "handbag": "Handbags",
+    "watch": "Watches", "phone_case": "Phone Cases", "smartphone": "Smartphones", "headphones": "Headphones",
+    "teddy_bear": "Teddy Bears", "blocks": "Building Blocks", "soccer_ball": "Soccer Balls", "yoga_mat": "Yoga Mats",
+    "planter": "Planters", "watering_can": "Watering Cans",
+}  # fmt: skip
+# two drawn materials per type: two leaves told apart by the image
+_HARD_MATERIALS = {
+    "mug": ("ceramic", "glass"), "bowl": ("ceramic", "wood"), "plate": ("ceramic", "plastic"),
+    "water_bottle": ("plastic", "metal"), "vase": ("ceramic", "glass"), "candle": ("wax", "glass"),
+    "clock": ("wood", "metal"), "table": ("wood", "glass"), "lamp": ("metal", "wood"), "chair": ("wood", "metal"),
+    "laptop": ("metal", "plastic"), "tshirt": ("cotton", "denim"), "dress": ("cotton", "denim"),
+    "trousers": ("denim", "cotton"), "beanie": ("wool", "cotton"), "running_shoe": ("mesh", "leather"),
+    "boot": ("leather", "rubber"), "backpack": ("canvas", "leather"), "handbag": ("leather", "canvas"),
+    "watch": ("metal", "leather"), "phone_case": ("plastic", "leather"), "smartphone": ("plastic", "metal"),
+    "headphones": ("plastic", "metal"), "teddy_bear": ("plush", "wool"), "blocks": ("wood", "plastic"),
+    "soccer_ball": ("rubber", "leather"), "yoga_mat": ("foam", "rubber"), "planter": ("ceramic", "plastic"),
+    "watering_can": ("metal", "plastic"),
+}  # fmt: skip
+_MATERIAL_WORD = {"ceramic": "Ceramic", "glass": "Glass", "wood": "Wooden", "plastic": "Plastic", "metal": "Metal",
+                  "cotton": "Cotton", "denim": "Denim", "wool": "Wool", "mesh": "Mesh", "leather": "Leather",
+                  "rubber": "Rubber", "canvas": "Canvas", "plush": "Plush", "wax": "Wax", "foam": "Foam"}  # fmt: skip
+
+
+def _hard_tree() -> tuple[Leaf, ...]:
+    """Leaf = product type x modifier (2 materials, kids, vintage, gift sets): 5 leaves per type, 145 in all,
+    under 9 middle groups of 2-4 unlike-looking types and 3 roots."""
+    kids = ("audience", ("kids", "children", "toddlers"))
+    vintage = ("Vintage", "Retro", "Vintage Style")
+    gift = ("Gift Set", "Gift Box", "Gift Set of 2", "Holiday Gift Set")
+    leaves = []
+    for root, (root_attr, groups) in _HARD_TREE.items():
+        for group, (group_attr, words, types) in groups.items():
+            ctx = {"context": (group_attr, root_attr), "group_words": words}
+            for ptype in types:
+                plural = _HARD_PLURALS[ptype]
+                for m in _HARD_MATERIALS[ptype]:
+                    w = _MATERIAL_WORD[m]
+                    leaves.append(Leaf((root, group, f"{w} {plural}"), ptype, w, materials=(m,), **ctx))
+                leaves.append(
+                    Leaf((root, group, f"Kids {plural}"), ptype, "Kids", _ATTRIBUTE, hidden=kids, **ctx)
+                )
+                leaves.append(
+                    Leaf((root, group, f"Vintage {plural}"), ptype, "Vintage", _TITLE, phrases=vintage, **ctx)
+                )
+                leaves.append(
+                    Leaf(
+                        (root, group, f"{plural} Gift Sets"), ptype, "Gift Sets", _TITLE, phrases=gift, **ctx
+                    )
+                )
+    return tuple(leaves)
+
+
+HARD_LEAVES: tuple[Leaf, ...] = _hard_tree()
+
+
+def held_out_types(seed: int, fraction: float = 0.2, leaves: Sequence[Leaf] = HARD_LEAVES) -> list[str]:
+    """Whole product types held out by seed (all their leaves only in test), each group keeping >= 2 seen types."""
+    rng = np.random.default_rng([seed, 11])
+    group_types: dict[tuple[str, ...], list[str]] = {}
+    for leaf in leaves:
+        group_types.setdefault(leaf.path[:2], [])
+        if leaf.ptype not in group_types[leaf.path[:2]]:
+            group_types[leaf.path[:2]].append(leaf.ptype)
+    all_types = [t for types in group_types.values() for t in types]
+    quota = round(fraction * len(all_types))
+    held: list[str] = []
+    for i in rng.permutation(len(all_types)):
+        t = all_types[int(i)]
+        group = next(g for g, types in group_types.items() if t in types)
+        if len(held) < quota and sum(x not in held for x in group_types[group]) > 2:
+            held.append(t)
+    return sorted(held)
+
+
+def hard_held_out(seed: int, fraction: float = 0.15) -> tuple[list[int], list[str]]:
+    """Held-out leaves of the hard layout: every leaf of the held-out types, plus single leaves of about
+    `fraction` of the seen types (an unseen leaf of a known type); and the held-out types."""
+    types = held_out_types(seed)
+    rng = np.random.default_rng([seed, 12])
+    held = {i for i, leaf in enumerate(HARD_LEAVES) if leaf.ptype in types}
+    seen_types = sorted({leaf.ptype for leaf in HARD_LEAVES} - set(types))
+    for k in rng.permutation(len(seen_types))[: round(fraction * len(seen_types))]:
+        own = [i for i, leaf in enumerate(HARD_LEAVES) if leaf.ptype == seen_types[int(k)]]
+        held.add(own[int(rng.integers(len(own)))])
+    return sorted(held), types
+
+
+def layout_leaves(layout: str) -> tuple[Leaf, ...]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    return LEAVES if layout == "demo" else HARD_LEAVES
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Text: attributes and titles
 # ---------------------------------------------------------------------------------------------------------
 
@@ -800,6 +936,11 @@ def sample_product(leaf_index: int, rng: np.random.Generator, leaves: Sequence[L
     for key, values in ptype.defaults.items():
         if not leaf.hidden or leaf.hidden[0] != key:
             candidates.append((f"{key}: {_pick(rng, values)}", 0.55))
+    for (
+        key,
+        values,
+    ) in leaf.context:  # hard layout: group / root attributes, listed first so they survive [:8]
+        candidates.insert(2, (f"{key}: {_pick(rng, values)}", 0.6))
     attributes = [a for a, p in candidates if rng.random() < p][:8]
     if not attributes:
         attributes = [candidates[0][0]]
@@ -839,6 +980,8 @@ def _title(
         "{brand} {noun} {tail}, {colour}, {material}, {size} {variant} {mkt}",
         "{colour} {pattern} {noun} {variant} by {brand} ({size}) {mkt} {tail}",
     )
+    if leaf.group_words and rng.random() < 0.08:  # hard layout: the title rarely names the group
+        words["tail"] = (words["tail"] + " " + _pick(rng, leaf.group_words)).strip()
     text = _pick(rng, templates).format(**words)
     text = " ".join(text.replace("()", "").split())
     for junk in (" ,", ", ,", "- ,", "| ,"):
@@ -1033,7 +1176,12 @@ def product_row(
 
 
 def plan_catalogue(
-    num_products: int, seed: int, unseen_leaf_fraction: float, val_fraction: float, test_fraction: float
+    num_products: int,
+    seed: int,
+    unseen_leaf_fraction: float,
+    val_fraction: float,
+    test_fraction: float,
+    layout: str = "demo",
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Leaf and split of every product (small integer arrays), and the held-out leaves.
 
@@ -1044,26 +1192,31 @@ def plan_catalogue(
         raise ValueError(
             f"val_fraction + test_fraction must be in [0, 1), got {val_fraction} + {test_fraction}"
         )
+    leaves = layout_leaves(layout)
     rng = np.random.default_rng([seed, 1])
-    weights = rng.lognormal(0.0, 0.4, len(LEAVES))
-    leaf_of = rng.choice(len(LEAVES), size=num_products, p=weights / weights.sum()).astype(np.int16)
-    held = held_out_leaves(seed, unseen_leaf_fraction)
+    weights = rng.lognormal(0.0, 0.4, len(leaves))
+    leaf_of = rng.choice(len(leaves), size=num_products, p=weights / weights.sum()).astype(np.int16)
+    if layout == "demo":
+        held = held_out_leaves(seed, unseen_leaf_fraction)
+    else:
+        held = hard_held_out(seed, unseen_leaf_fraction)[0]
     u = rng.random(num_products)
     split_of = np.where(u < val_fraction, 1, np.where(u < val_fraction + test_fraction, 2, 0)).astype(np.int8)
     split_of[np.isin(leaf_of, held)] = 2
     return leaf_of, split_of, held
 
 
-def _write_shard(job: tuple[str, np.ndarray, np.ndarray, int, int]) -> int:
+def _write_shard(job: tuple[str, np.ndarray, np.ndarray, int, int, str]) -> int:
     """Write one parquet shard (atomically: a half-written file never looks finished)."""
-    path, indices, leaf_of, seed, image_size = job
+    path, indices, leaf_of, seed, image_size, layout = job
+    leaves = layout_leaves(layout)
     schema = FEATURES.arrow_schema
 
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(str(tmp), schema) as writer:
             for start in range(0, len(indices), ROW_GROUP_SIZE):
                 rows = [
-                    product_row(int(i), int(leaf), seed, image_size)
+                    product_row(int(i), int(leaf), seed, image_size, leaves)
                     for i, leaf in zip(
                         indices[start : start + ROW_GROUP_SIZE], leaf_of[start : start + ROW_GROUP_SIZE]
                     )
@@ -1085,10 +1238,14 @@ def generate_catalogue(
     num_proc: int = 1,
     shard_size: int = 2000,
     progress: bool = True,
+    layout: str = "demo",
 ) -> Path:
     """Generate the catalogue into `output_dir` and return it. The same arguments give the same rows,
     whatever `num_proc` (each product is drawn from its own seed)."""
     args = {k: v for k, v in locals().items() if k in generation_defaults()}  # what catalogue.json records
+    if layout != "demo":  # the demo catalogue's catalogue.json stays as it was
+        args["layout"] = layout
+    leaves = layout_leaves(layout)
     if num_products < 1 or image_size < 16 or shard_size < 1:
         raise ValueError(
             f"need num_products >= 1, image_size >= 16, shard_size >= 1; got {num_products}, {image_size}, {shard_size}"
@@ -1096,7 +1253,7 @@ def generate_catalogue(
     out = Path(output_dir)
     started = time.perf_counter()
     leaf_of, split_of, held = plan_catalogue(
-        num_products, seed, unseen_leaf_fraction, val_fraction, test_fraction
+        num_products, seed, unseen_leaf_fraction, val_fraction, test_fraction, layout
     )
     (out / "catalogue.json").unlink(missing_ok=True)  # marks the folder as incomplete until the end
     jobs = []
@@ -1108,7 +1265,7 @@ def generate_catalogue(
         n_shards = max(1, math.ceil(len(idx) / shard_size))
         for k, chunk in enumerate(np.array_split(idx, n_shards)):
             path = out / split / f"{split}-{k:05d}-of-{n_shards:05d}.parquet"
-            jobs.append((str(path), chunk, leaf_of[chunk], seed, image_size))
+            jobs.append((str(path), chunk, leaf_of[chunk], seed, image_size, layout))
     bar = progress_bar(total=num_products, desc="generating catalogue", unit="product", disable=not progress)
     if num_proc > 1:
         with ProcessPoolExecutor(num_proc, mp_context=get_context("spawn")) as pool:
@@ -1136,10 +1293,12 @@ def generate_catalogue(
                     split: int(((leaf_of == i) & (split_of == s)).sum()) for s, split in enumerate(SPLITS)
                 },
             }
-            for i, leaf in enumerate(LEAVES)
+            for i, leaf in enumerate(leaves)
         ],
-        "held_out": [path_text(LEAVES[i].path) for i in held],
+        "held_out": [path_text(leaves[i].path) for i in held],
     }
+    if layout != "demo":
+        info["held_out_types"] = hard_held_out(seed, unseen_leaf_fraction)[1]
     write_json(out / "catalogue.json", info)
     return out
 
@@ -1147,7 +1306,9 @@ def generate_catalogue(
 def generation_defaults() -> dict:
     """The arguments that define a catalogue's content, with their defaults (from `generate_catalogue`)."""
     params = inspect.signature(generate_catalogue).parameters
-    return {k: p.default for k, p in params.items() if k not in ("output_dir", "num_proc", "progress")}
+    return {
+        k: p.default for k, p in params.items() if k not in ("output_dir", "num_proc", "progress", "layout")
+    }
 
 
 def catalogue_matches(output_dir: str | os.PathLike, **args) -> bool:
@@ -1202,6 +1363,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--shard_size", type=int, default=2000, help="products per parquet file")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--sample_grid", default=None, help="also save a PNG grid of sample images here")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="demo",
+        help="demo: the embedded catalogue; hard: broad parents of unlike-looking types, 145 small leaves, "
+        "whole product types held out of training (new types must be placed under seen parents)",
+    )
     a = parser.parse_args(argv)
     out = generate_catalogue(
         a.output_dir,
@@ -1213,11 +1381,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         a.test_fraction,
         a.num_proc,
         a.shard_size,
+        layout=a.layout,
     )
     info = json.loads((out / "catalogue.json").read_text())
     print(
         f"wrote {out}: {info['sizes']} in {info['seconds']} s; {len(info['held_out'])} unseen leaves: {', '.join(info['held_out'])}"
     )
+    if "held_out_types" in info:
+        print(f"held-out product types: {', '.join(info['held_out_types'])}")
     if a.sample_grid:
         print(f"sample grid: {save_sample_grid(out, a.sample_grid)}")
 

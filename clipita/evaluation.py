@@ -31,7 +31,20 @@ from clipita.metrics import metric_module
 from clipita.progress import progress_bar
 from clipita.results import GROUPS, settings_of
 from clipita.schema import modality_columns
-from clipita.tree import LEVELS, CategoryTree, Node, PathIndex, is_unseen, query_nodes, seen_nodes
+from clipita.tree import (
+    LEVELS,
+    CategoryTree,
+    Node,
+    PathIndex,
+    category_nodes,
+    depth_name,
+    is_unseen,
+    node_scores,
+    query_nodes,
+    rank_paths,
+    ranked_prefixes,
+    seen_nodes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +297,193 @@ def evaluate_dense(
     ranker = DenseRanker(embeds[kept], encode_queries)
     results = evaluate_rankings(ranker, [product_paths[i] for i in kept], train_paths, **protocol)
     return results, len(embeds) - len(kept)
+
+
+# --- per depth and placement (issue 13) ------------------------------------------------------------------
+
+PER_DEPTH_METRICS = ("P@10", "mAP@10")
+PLACEMENT_GROUPS = ("known", "new")  # a product's leaf seen in training / unseen (a new product type)
+
+
+def _retrieval_entry(scores: np.ndarray, relevant: np.ndarray, keep: np.ndarray) -> dict | None:
+    """P@10 / mAP@10 (the metric module's) over the queries (rows) in `keep`; products with -inf scores
+    are out of the ranking. None when no query is kept."""
+    if not keep.any():
+        return None
+    scores, relevant = scores[keep], relevant[keep]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :ERROR_DEPTH]
+    ranked = np.take_along_axis(relevant, top, axis=1) & np.isfinite(np.take_along_axis(scores, top, axis=1))
+    values = metric_module().per_query_scores(ranked, relevant.sum(axis=1))
+    return {**{m: float(values[m].mean()) for m in PER_DEPTH_METRICS}, "num_queries": int(keep.sum())}
+
+
+def _accuracy(correct_rank: np.ndarray, groups: dict[str, np.ndarray]) -> dict:
+    return {
+        group: {
+            "top1": float((correct_rank[mask] < 1).mean()),
+            "top3": float((correct_rank[mask] < 3).mean()),
+            "num_products": int(mask.sum()),
+        }
+        if mask.any()
+        else None
+        for group, mask in groups.items()
+    }
+
+
+def per_depth_report(
+    product_embeds: np.ndarray,
+    node_embeds: np.ndarray,
+    nodes: Sequence[Node],
+    product_paths: Sequence[Sequence[str]],
+    train_paths: Iterable[Sequence[str]],
+    node_scoring: str = "node",
+) -> dict:
+    """Retrieval and placement at every depth of the tree, so no level's gap hides inside "all".
+
+    `nodes`: every node of the catalogue's tree (all splits); each row of `node_embeds` is one. Scores are
+    cosine similarities read through `clipita.tree.node_scores(node_scoring)` (seen descendants only).
+    Retrieval, per depth: P@10 / mAP@10 over that depth's queries present in the products, all / seen /
+    unseen; for broad (non-leaf) depths also "known_leaves" / "new_leaves": relevance limited to products
+    whose leaf was (not) seen in training, the other relevant products taken out of the ranking. Placement,
+    per depth: top-1 / top-3 accuracy of each product's node among every node of that depth ("node": by its
+    score; "path": the prefixes of `clipita.tree.rank_paths`, the category suggestion), for products of
+    known / new leaves. Dense [nodes, products] scores: for evaluation splits, not for a whole shop.
+    """
+    seen = seen_nodes(train_paths)
+    nodes = [tuple(n) for n in nodes]
+    paths = [tuple(p) for p in product_paths]
+    raw = l2_normalise(node_embeds) @ l2_normalise(product_embeds).T
+    scores = node_scores(raw, nodes, node_scoring, seen)
+    position = {n: i for i, n in enumerate(nodes)}
+    leaf_seen = np.array([p in seen for p in paths])
+    product_groups = {"known": leaf_seen, "new": ~leaf_seen}
+    leaf_paths, order = rank_paths(scores, nodes, top=len(nodes))
+    max_depth = max(len(p) for p in paths)
+    report: dict = {"node_scoring": node_scoring, "retrieval": {}, "placement": {}, "path_placement": {}}
+    for depth in range(1, max_depth + 1):
+        name = depth_name(depth, max_depth)
+        has = np.array([len(p) >= depth for p in paths])
+        queries = sorted({p[:depth] for p in paths if len(p) >= depth})
+        relevant = np.array([[p[:depth] == q for p in paths] for q in queries])  # [Q, N]
+        s = scores[[position[q] for q in queries]]
+        q_seen = np.array([q in seen for q in queries])
+        entry = {
+            "all": _retrieval_entry(s, relevant, np.ones(len(queries), bool)),
+            "seen": _retrieval_entry(s, relevant, q_seen),
+            "unseen": _retrieval_entry(s, relevant, ~q_seen),
+        }
+        if depth < max_depth:  # broad queries: relevance split by whether the products' leaves were seen
+            for label, keep in (("known_leaves", leaf_seen), ("new_leaves", ~leaf_seen)):
+                rel = relevant & keep[None, :]
+                entry[label] = _retrieval_entry(
+                    np.where(relevant & ~keep[None, :], -np.inf, s), rel, rel.any(1)
+                )
+        report["retrieval"][name] = entry
+
+        candidates = [n for n in nodes if len(n) == depth]
+        truth = np.array([position[p[:depth]] if len(p) >= depth else 0 for p in paths])
+        candidate_scores = scores[[position[n] for n in candidates]].T  # [N, C]
+        true_score = scores[truth, np.arange(len(paths))]
+        node_rank = (candidate_scores > true_score[:, None]).sum(axis=1)
+        groups = {g: m & has for g, m in product_groups.items()}
+        report["placement"][name] = _accuracy(node_rank, groups)
+        path_rank = np.array(
+            [
+                ranked_prefixes(leaf_paths, order[i], depth).index(p[:depth]) if len(p) >= depth else 0
+                for i, p in enumerate(paths)
+            ]
+        )
+        report["path_placement"][name] = _accuracy(path_rank, groups)
+    return report
+
+
+def clipita_per_depth(
+    embeds: np.ndarray, encode_queries: Callable, nodes, product_paths, train_paths, query_text, node_scoring
+) -> dict:
+    """`per_depth_report` for a CLIP-ITA model's embeddings (NaN rows: skipped products, left out)."""
+    kept = np.flatnonzero(~np.isnan(embeds).any(axis=1))
+    node_embeds = encode_queries([query_text(n) for n in nodes])
+    return per_depth_report(
+        embeds[kept], node_embeds, nodes, [product_paths[i] for i in kept], train_paths, node_scoring
+    )
+
+
+def suggest_categories(
+    model, processor, products, tree_paths: Sequence[Sequence[str]], top: int = 5, batch_size: int = 64
+) -> list[list[tuple[Node, float]]]:
+    """Category paths for products (a `datasets.Dataset` in the canonical schema), best first, consistent
+    with the tree of `tree_paths`: per product, [(root -> leaf path, mean score of its nodes)]."""
+    embeds, encode_queries = clipita_embeddings(model, processor, products, batch_size)
+    nodes = CategoryTree(tree_paths).nodes()
+    node_embeds = encode_queries([processor.category_text(n) for n in nodes])
+    return suggest_paths(embeds, node_embeds, nodes, top)
+
+
+def suggest_paths(
+    product_embeds: np.ndarray, node_embeds: np.ndarray, nodes: Sequence[Node], top: int = 5
+) -> list[list[tuple[Node, float]]]:
+    """Ranked category paths from embeddings (`clipita.tree.rank_paths` on cosine scores): per product,
+    [(path, score)] best first; a product that could not be encoded (NaN row) gets []."""
+    nodes = [tuple(n) for n in nodes]
+    raw = l2_normalise(node_embeds) @ l2_normalise(np.nan_to_num(product_embeds)).T
+    paths, order = rank_paths(raw, nodes, top)
+    position = {n: i for i, n in enumerate(nodes)}
+    out = []
+    for i, ranked in enumerate(order):
+        if np.isnan(product_embeds[i]).any():
+            out.append([])
+            continue
+        out.append(
+            [
+                (paths[j], float(np.mean([raw[position[n], i] for n in category_nodes(paths[j])])))
+                for j in ranked
+            ]
+        )
+    return out
+
+
+def format_per_depth(results_by_model: dict[str, dict]) -> str:
+    """Markdown: per run, retrieval P@10 / mAP@10 at every depth (all / seen / unseen / broad queries over
+    known or new leaves) and placement top-1 / top-3 (node and path) for known / new product types."""
+    blocks = []
+    columns = ("all", "seen", "unseen", "known_leaves", "new_leaves")
+    for model, result in results_by_model.items():
+        report = result.get("per_depth")
+        if not report:
+            continue
+
+        def cell(value, keys):
+            return "-" if not value else " / ".join(f"{100 * value[k]:.1f}" for k in keys)
+
+        lines = [
+            f"Per depth, {model} (node scoring: {report['node_scoring']}); retrieval P@10 / mAP@10 in %:",
+            "",
+            "| depth | " + " | ".join(columns) + " |",
+            "|" + "---|" * (len(columns) + 1),
+        ]
+        for depth, entry in report["retrieval"].items():
+            lines.append(
+                f"| {depth} | " + " | ".join(cell(entry.get(c), PER_DEPTH_METRICS) for c in columns) + " |"
+            )
+        lines += [
+            "",
+            "Placement of a product's node at each depth, top-1 / top-3 in % (node: among that depth's nodes; "
+            "path: the suggested category paths):",
+            "",
+            "| depth | "
+            + " | ".join(f"{how}: {g}" for how in ("node", "path") for g in PLACEMENT_GROUPS)
+            + " |",
+            "|" + "---|" * (2 * len(PLACEMENT_GROUPS) + 1),
+        ]
+        for depth in report["placement"]:
+            cells = [
+                cell(report[key][depth].get(g), ("top1", "top3"))
+                for key in ("placement", "path_placement")
+                for g in PLACEMENT_GROUPS
+            ]
+            lines.append(f"| {depth} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 # --- reporting ------------------------------------------------------------------------------------------

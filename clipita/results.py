@@ -4,6 +4,13 @@
      "num_skipped": n, "settings": {level: {"overall" | "seen" | "unseen": {metric: value in [0, 1] or null},
                                             "num_queries": {...}, "error_analysis": {...},
                                             "sibling_confusion": {...} (specific only)}},
+     "per_depth": (optional; model runs) {"node_scoring": "node" | "max_leaf",
+         "retrieval": {depth: {"all" | "seen" | "unseen" | "known_leaves" | "new_leaves":
+                               {"P@10", "mAP@10": value in [0, 1], "num_queries": n} or null}},
+         "placement" | "path_placement": {depth: {"known" | "new": {"top1", "top3": value in [0, 1],
+                                                                   "num_products": n} or null}}},
+         (depth: "root", "depth2", ..., "leaf"; known / new: the product's leaf seen in training or not.
+          eval.py's docstring says what each number measures.)
      "baselines": [every other run, same keys]}
 
 A file may also hold {name: run} (several files merged by hand); `runs_of` reads both shapes.
@@ -15,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 GROUPS = ("overall", "seen", "unseen")
+PER_DEPTH_SECTIONS = ("retrieval", "placement", "path_placement")
+COUNT_KEYS = ("num_queries", "num_products")  # counts inside per_depth entries, not values in [0, 1]
 BASELINES = {"bm25": "BM25", "clip-zero-shot": "CLIP zero-shot"}  # baseline id -> row name
 
 
@@ -111,6 +120,24 @@ def check_result(result: Mapping, where: str = "eval_results") -> None:
                         f"{where}.settings.{setting}.{group}.{metric}: expected a number in [0, 1] "
                         f"or null, got {value!r}"
                     )
+    per_depth = result.get("per_depth")
+    if per_depth is not None:
+        if not isinstance(per_depth, Mapping):
+            raise ResultsError(f"{where}.per_depth must be an object")
+        for section in PER_DEPTH_SECTIONS:
+            for depth, groups in (per_depth.get(section) or {}).items():
+                for group, scores in (groups or {}).items():
+                    for metric, value in (scores or {}).items():
+                        ok = metric in COUNT_KEYS or (
+                            isinstance(value, (int, float))
+                            and not isinstance(value, bool)
+                            and 0 <= value <= 1
+                        )
+                        if not ok:
+                            raise ResultsError(
+                                f"{where}.per_depth.{section}.{depth}.{group}.{metric}: expected a number "
+                                f"in [0, 1], got {value!r}"
+                            )
 
 
 def settings_of(result: Mapping) -> Mapping:

@@ -165,3 +165,88 @@ class PathIndex:
             for d, prefix in enumerate(category_nodes(node)):
                 out[q, d] = self.node_ids[prefix]
         return out
+
+
+# --- depths, hierarchy-consistent node scores, category paths (issue 13) ----------------------------------
+
+# How a node's score for a product is read at query time. "node": the node's own score (the paper).
+# "max_leaf": the max of the node's own score and its seen descendant leaves' scores, so a broad node ranks
+# a product at least as high as the best leaf of its subtree that training taught.
+NODE_SCORINGS = {
+    "node": "a node's own score (the paper)",
+    "max_leaf": "max of a node's own score and its seen descendant leaves' scores",
+}
+
+
+def check_node_scoring(scoring: str) -> str:
+    if scoring not in NODE_SCORINGS:
+        raise ValueError(f"unknown node scoring {scoring!r}; choose one of {tuple(NODE_SCORINGS)}")
+    return scoring
+
+
+def depth_name(depth: int, max_depth: int) -> str:
+    """The name a depth's metrics go under: "root" (1), "leaf" (the tree's deepest), else "depth{d}"."""
+    if depth == 1:
+        return "root"
+    return "leaf" if depth == max_depth else f"depth{depth}"
+
+
+def leaves_of(nodes: Iterable[Node]) -> list[Node]:
+    """The nodes with no child among `nodes`."""
+    nodes = [tuple(n) for n in nodes]
+    parents = {n[:-1] for n in nodes if len(n) > 1}
+    return [n for n in nodes if n not in parents]
+
+
+def scoring_nodes(
+    node: Sequence[str], nodes: Iterable[Node], scoring: str, seen: set[Node] | None = None
+) -> list[Node]:
+    """The nodes whose scores a node's score is the max of: itself, and under "max_leaf" its descendant
+    leaves among `nodes` that are in `seen` (None: every one)."""
+    node = tuple(node)
+    if check_node_scoring(scoring) == "node":
+        return [node]
+    below = [
+        leaf
+        for leaf in leaves_of(nodes)
+        if len(leaf) > len(node) and leaf[: len(node)] == node and (seen is None or leaf in seen)
+    ]
+    return [node, *below]
+
+
+def node_scores(
+    scores: np.ndarray, nodes: Sequence[Node], scoring: str, seen: set[Node] | None = None
+) -> np.ndarray:
+    """Hierarchy-consistent scores [len(nodes), N] from raw scores [len(nodes), N] (row i: node i's score of
+    each product): each row the max over its `scoring_nodes`."""
+    nodes = [tuple(n) for n in nodes]
+    if check_node_scoring(scoring) == "node":
+        return scores
+    position = {n: i for i, n in enumerate(nodes)}
+    out = np.array(scores, copy=True)
+    for i, node in enumerate(nodes):
+        rows = [position[m] for m in scoring_nodes(node, nodes, scoring, seen)]
+        if len(rows) > 1:
+            out[i] = np.max(scores[rows], axis=0)
+    return out
+
+
+def rank_paths(scores: np.ndarray, nodes: Sequence[Node], top: int = 5) -> tuple[list[Node], np.ndarray]:
+    """Category paths for products, consistent with the tree: a root -> leaf path scores the mean of its
+    nodes' scores (rows of `scores` [len(nodes), N]). Returns (the leaf paths, [N, min(top, L)] indices into
+    them, best first); the path's prefixes are the suggested node at every depth."""
+    nodes = [tuple(n) for n in nodes]
+    position = {n: i for i, n in enumerate(nodes)}
+    paths = leaves_of(nodes)
+    weights = np.zeros((len(paths), len(nodes)), dtype=np.float64)
+    for p, path in enumerate(paths):
+        on_path = [position[n] for n in category_nodes(path) if n in position]
+        weights[p, on_path] = 1.0 / len(on_path)
+    path_scores = weights @ np.asarray(scores, dtype=np.float64)  # [L, N]
+    order = np.argsort(-path_scores.T, axis=1, kind="stable")[:, : min(top, len(paths))]
+    return paths, order
+
+
+def ranked_prefixes(paths: Sequence[Node], order: Sequence[int], depth: int) -> list[Node]:
+    """The distinct depth-`depth` prefixes of ranked paths, in rank order (placement at that depth)."""
+    return list(dict.fromkeys(tuple(paths[i][:depth]) for i in order if len(paths[i]) >= depth))

@@ -16,6 +16,7 @@ import numpy as np
 from gradio.utils import get_upload_folder
 from PIL import Image, UnidentifiedImageError
 
+from clipita.evaluation import suggest_paths
 from clipita.fileio import is_inside, read_regular_file
 from clipita.index import Hit, check_query_length, search
 from clipita.schema import path_text
@@ -87,7 +88,14 @@ def search_category(variant: Variant, query: str | None, k: Any) -> tuple[list, 
     k = _count(k, 1, MAX_K, "k (the number of products)")
     start = time.perf_counter()
     try:
-        hits = search(text, k, model=variant.model, index=variant.index, processor=variant.processor)[0]
+        hits = search(
+            text,
+            k,
+            model=variant.model,
+            index=variant.index,
+            processor=variant.processor,
+            node_scoring=variant.node_scoring,
+        )[0]
     except ValueError as err:
         raise BadInput(f"cannot search for {html.escape(repr(text))}: {html.escape(str(err))}") from err
     searched = time.perf_counter()
@@ -168,8 +176,10 @@ def classify_image(
 ) -> tuple[dict[str, float], str]:
     """A product (image, optional title and attributes) -> ({category path: probability}, latency line).
 
-    Probabilities are a softmax, at the model's own temperature, over every category of the catalogue
-    (inner and leaf nodes), so they say how sure the model is among the categories it can choose from.
+    The answers are root -> leaf paths of the catalogue's tree, ranked by the mean score of their nodes
+    (`clipita.evaluation.suggest_paths`, the category suggestion eval.py's path_placement measures), so a
+    suggestion never puts a leaf under the wrong parent. Probabilities are a softmax, at the model's own
+    temperature, over every path, so they say how sure the model is among the paths it can choose from.
     """
     top = _count(top, 1, MAX_TOP_CATEGORIES, "the number of categories")
     image = read_upload(upload)
@@ -180,11 +190,11 @@ def classify_image(
         attributes=[split_attributes(attributes)],
         processor=variant.processor,
     )[0]
-    logits = variant.logit_scale * (variant.category_embeds @ product)
+    ranked = suggest_paths(product[None, :], variant.category_embeds, variant.nodes, len(variant.nodes))[0]
+    logits = variant.logit_scale * np.array([score for _, score in ranked])
     probabilities = np.exp(logits - logits.max())
     probabilities /= probabilities.sum()
-    best = np.argsort(-probabilities)[:top]
     elapsed = (time.perf_counter() - start) * 1000
     used = ", ".join(variant.model.config.product_modalities)
-    latency = f"**{elapsed:.0f} ms** · {variant.name} read the product's {used}; {len(variant.category_paths)} categories ranked"
-    return {variant.category_paths[i]: float(probabilities[i]) for i in best}, latency
+    latency = f"**{elapsed:.0f} ms** · {variant.name} read the product's {used}; {len(ranked)} category paths ranked"
+    return {path_text(path): float(p) for (path, _), p in zip(ranked[:top], probabilities)}, latency

@@ -26,7 +26,7 @@ from fastapi.middleware import Middleware
 
 from clipita.index import MAX_QUERY_CHARS
 from clipita.schema import path_text
-from clipita.tree import CategoryTree
+from clipita.tree import NODE_SCORINGS, CategoryTree
 
 if __package__:  # imported as space.app (tests, bench/space_latency.py)
     from space import answers, variants
@@ -309,6 +309,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--port", type=int, default=None, help="server port (default: GRADIO_SERVER_PORT or 7860)"
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument(
+        "--node_scoring",
+        choices=tuple(NODE_SCORINGS),
+        default="node",
+        help="how a category query that names a node scores products; "
+        + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
+    )
     args = parser.parse_args(argv)
     args.model = args.model or _from_env(MODEL_ENV)
     args.index = args.index or _from_env(INDEX_ENV)
@@ -333,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         loaded = variants.load_variants(args.model, args.index, args.catalogue, args.name)
+        for variant in loaded:
+            variant.node_scoring = args.node_scoring
     except (ValueError, OSError) as err:  # missing or mismatched model / index / catalogue: say which
         print(f"error: {err}", file=sys.stderr)
         return 2

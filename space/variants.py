@@ -41,6 +41,8 @@ class Variant:
     images: catalogue_images.ProductImages
     category_paths: list[str]
     category_embeds: np.ndarray  # [num categories, d], L2-normalised
+    nodes: list[tuple[str, ...]] | None = None  # the categories as paths, rows of category_embeds
+    node_scoring: str = "node"  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
 
     @property
     def logit_scale(self) -> float:
@@ -138,7 +140,17 @@ def load_variants(
         category_embeds = model.encode_categories(category_paths, processor=processor)
         name = names[i] if names else (model.config.variant or Path(model_spec).name)
         variants.append(
-            Variant(name, model_spec, model, processor, index, images, category_paths, category_embeds)
+            Variant(
+                name,
+                model_spec,
+                model,
+                processor,
+                index,
+                images,
+                category_paths,
+                category_embeds,
+                tree.nodes(),
+            )
         )
     taken = [v.name for v in variants]
     for v in variants:  # two models of the same variant: tell them apart by where they came from

@@ -52,7 +52,30 @@ def fake_results(model: str = "clip-ita", dataset: str = "data/demo", shift: flo
 def fake_eval_file(model: str = "outputs/clip-ita") -> dict:
     """results.json as eval.py writes it: the model's run on top, BM25 under "baselines"."""
     bm25 = {**fake_results(model="bm25", shift=0.05), "name": "BM25"}
-    return {**fake_results(model=model), "baselines": [bm25]}
+    return {**fake_results(model=model), "per_depth": fake_per_depth(), "baselines": [bm25]}
+
+
+def fake_per_depth() -> dict:
+    """eval.py's "per_depth" of a three-level tree with distinct values (a middle-level gap: 0.11)."""
+    entry = {"P@10": 0.5, "mAP@10": 0.6, "num_queries": 3}
+    middle = {**entry, "mAP@10": 0.11}
+    placed = {"top1": 0.25, "top3": 0.75, "num_products": 8}
+    return {
+        "node_scoring": "max_leaf",
+        "retrieval": {
+            "root": {g: entry for g in ("all", "seen", "unseen", "known_leaves", "new_leaves")},
+            "depth2": {
+                "all": middle,
+                "seen": middle,
+                "unseen": None,
+                "known_leaves": middle,
+                "new_leaves": None,
+            },
+            "leaf": {"all": entry, "seen": entry, "unseen": entry},
+        },
+        "placement": {d: {"known": placed, "new": placed} for d in ("root", "depth2", "leaf")},
+        "path_placement": {d: {"known": placed, "new": None} for d in ("root", "depth2", "leaf")},
+    }
 
 
 def fake_validation(step: int, value: float) -> dict:
@@ -174,6 +197,9 @@ def test_card_body_shows_usage_results_plot_and_citation(release):
     assert "](training_curve.png)" in text
     assert "not comparable with the paper's XMarket numbers" in text
     assert "Test results of this checkpoint (`clip-ita`)" in text and "(90 products)" in text
+    assert "### Per depth of the category tree" in text and "(node scoring: max_leaf)" in text
+    assert "| depth2 | 50.0 / 11.0 | 50.0 / 11.0 | - | 50.0 / 11.0 | - |" in text  # the middle gap shows
+    assert "| leaf | 25.0 / 75.0 | 25.0 / 75.0 | 25.0 / 75.0 | - |" in text
     assert "| BM25 | 2.00 / 4.00 |" in text and "| clip-ita | 7.00 / 9.00 |" in text  # all: P@10 / mAP@10
     assert "| `learning_rate` | 0.0005 |" in text and "<summary>Every training argument" in text
     assert "| trained against | a random category on each product's path (all) |" in text

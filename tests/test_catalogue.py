@@ -164,3 +164,64 @@ def test_cli_and_sample_grid(tmp_path):
               "--sample_grid", str(tmp_path / "grid.png")])  # fmt: skip
     assert (tmp_path / "cli" / "catalogue.json").is_file()
     assert Image.open(tmp_path / "grid.png").size[0] == 8 * 128
+
+
+# --- the "hard" layout (issue 13) --------------------------------------------------------------------------
+
+# sha256 of plan_catalogue(300, 0, ...) and every 7th product row (32 px), made by the generator before the
+# hard layout existed (commit f6958b0): the demo catalogue must stay byte-identical.
+DEMO_ROWS_SHA256 = "c33a7f3a67fdd53f1f03fd8a5ad27741903f9cb5281a028bc7e1bb3ef96f2fba"
+
+
+def test_demo_layout_is_byte_identical_to_the_generator_before_layouts():
+    import hashlib
+
+    leaf_of, split_of, held = cat.plan_catalogue(300, 0, 0.15, 0.1, 0.15)
+    assert (leaf_of, split_of, held)[2] == cat.plan_catalogue(300, 0, 0.15, 0.1, 0.15, layout="demo")[2]
+    h = hashlib.sha256(json.dumps([leaf_of.tolist(), split_of.tolist(), held]).encode())
+    for i in range(0, 300, 7):
+        row = cat.product_row(i, int(leaf_of[i]), 0, 32)
+        h.update(json.dumps({k: v for k, v in row.items() if k != "image"}).encode())
+        h.update(row["image"]["bytes"])
+    assert h.hexdigest() == DEMO_ROWS_SHA256
+
+
+def test_demo_catalogue_json_records_no_layout(small):
+    assert "layout" not in json.loads((small / "catalogue.json").read_text())["args"]
+
+
+def test_unknown_layout_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown layout 'nope'"):
+        cat.layout_leaves("nope")
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cat") / "hard"
+    cat.main(["--output_dir", str(out), "--layout", "hard", "--num_products", "400", "--seed", "0", "--image_size", "32",
+              "--num_proc", "1"])  # fmt: skip
+    return out
+
+
+def test_hard_layout_holds_out_whole_types_under_seen_parents(hard):
+    info = json.loads((hard / "catalogue.json").read_text())
+    assert info["args"]["layout"] == "hard" and info["held_out_types"]
+    rows = _rows(hard).values()
+    train_paths = [r["category"] for r in rows if r["split"] == "train"]
+    seen = seen_nodes(train_paths)
+    types = set(info["held_out_types"])
+    leaf_type = {leaf.path: leaf.ptype for leaf in cat.HARD_LEAVES}
+    for row in rows:
+        if leaf_type[tuple(row["category"])] in types:
+            assert row["split"] == "test", row["product_id"]
+            assert tuple(row["category"][:2]) in seen  # a new type's parent was seen in training
+    # each middle group keeps at least two seen types
+    for group in {leaf.path[:2] for leaf in cat.HARD_LEAVES}:
+        assert len({leaf.ptype for leaf in cat.HARD_LEAVES if leaf.path[:2] == group} - types) >= 2
+
+
+def test_hard_layout_titles_rarely_name_the_group_and_never_the_category_in_attributes(hard):
+    rows = list(_rows(hard).values())
+    assert all(len(r["category"]) == 3 for r in rows)
+    for r in rows:
+        assert not any(r["category"][1].lower() in a.lower() for a in r["attributes"]), r

@@ -171,3 +171,21 @@ def test_query_says_when_the_filter_leaves_fewer_than_k_and_prints_p10_of_named_
     synonyms.write_text('{"keys": {"colour": "shade"}}')
     assert search_cli.main(["query", "--index", str(index), "--synonyms", str(synonyms), "Mugs"]) == 2
     assert "variants must be a list" in capsys.readouterr().err
+
+
+def test_max_leaf_node_scoring_ranks_a_broad_query_by_its_best_leaf(built, capsys):
+    """A broad query under max_leaf: each product's score is the max of the node's own and its leaves'."""
+    _, index, _ = built
+    from clipita.index import CatalogueIndex
+
+    paths = CatalogueIndex.load(index).metadata.column("category").to_pylist()
+    root = paths[0][0]
+    leaves = sorted({" > ".join(p) for p in paths if p[0] == root})
+    every = [run_query(capsys, index, "--k", "100000", text) for text in [root, *leaves]]
+    best = {}
+    for rows in every:
+        for r in rows:
+            best[r["product_id"]] = max(best.get(r["product_id"], -2.0), r["score"])
+    rows = run_query(capsys, index, "--k", "5", "--node_scoring", "max_leaf", root)
+    expected = sorted(best.items(), key=lambda kv: -kv[1])[:5]
+    assert [r["score"] for r in rows] == pytest.approx([s for _, s in expected], abs=1e-5)

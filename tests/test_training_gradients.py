@@ -143,3 +143,15 @@ def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path):
         "random_states_0.pkl",
         "random_states_1.pkl",
     }
+
+
+def test_feature_cache_accumulation_equals_one_big_batch_with_broad_dropout():
+    """Broad dropout changes the inputs, not the step: cached micro-batches still equal one big batch."""
+    model, processor = tiny_model(loss_type="multi_positive")
+    batch = fixed_batch(model, processor, broad_dropout={"title": 0.5, "image": 0.5})
+    plain = fixed_batch(model, processor)
+    assert not torch.equal(batch["pixel_values"], plain["pixel_values"])  # some images were greyed
+    big_loss, big = step_gradients(model, [batch])
+    cached_loss, cached = step_gradients(model, split(batch, 4))
+    assert cached_loss == pytest.approx(big_loss, abs=1e-5)
+    assert_same_gradients(big, cached)

@@ -223,3 +223,44 @@ def test_trainer_state_round_trips_through_trainer_state_json(tmp_path):
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown keys"):
         ckpt.TrainerState.from_json({**state.to_json(), "extra": 1})
+
+
+def test_broad_dropout_is_a_function_of_seed_epoch_and_index_and_spares_leaf_pairs():
+    rows = tiny_catalogue(num_train=40, num_validation=2)["train"]
+    columns = ["image", "title", "attributes"]
+    drop = {"title": 0.5, "image": 0.5}
+    pairs = TrainingPairs(rows, "all", seed=3, columns=columns, broad_dropout=drop)
+    plain = TrainingPairs(rows, "all", seed=3, columns=columns)
+    first = [pairs[i] for i in range(40)]
+    again = TrainingPairs(rows, "all", seed=3, columns=columns, broad_dropout=drop)  # e.g. after a resume
+    assert [(r["title"], r["image"].tobytes()) for r in first] == [
+        (r["title"], r["image"].tobytes()) for r in (again[i] for i in range(40))
+    ]
+    titles = images = broad = 0
+    for row, ref in zip(first, (plain[i] for i in range(40))):
+        assert row["node"] == ref["node"]  # the node's draw is untouched
+        assert row["attributes"] == ref["attributes"]
+        if len(row["node"]) == len(row["category"]):  # a leaf pair keeps everything
+            assert row["title"] == ref["title"] and row["image"].tobytes() == ref["image"].tobytes()
+            continue
+        broad += 1
+        titles += row["title"] == "" != ref["title"]
+        greyed = row["image"].tobytes() != ref["image"].tobytes()
+        images += greyed
+        if greyed:
+            assert row["image"].getextrema() == ((128, 128),) * 3 and row["image"].size == ref["image"].size
+    assert broad and 0 < titles < broad and 0 < images < broad
+    pairs.set_epoch(1)
+    assert [pairs[i]["title"] for i in range(40)] != [r["title"] for r in first]
+
+
+def test_broad_dropout_argument_errors(capsys):
+    assert parse_args(["--broad_dropout", "title:0.9,image:0.5"]).broad_dropout == {
+        "title": 0.9,
+        "image": 0.5,
+    }
+    assert parse_args([]).broad_dropout is None  # the paper's recipe is the default
+    for bad in ("title:2", "attributes:0.5", "title", "title:0.1,title:0.2"):
+        with pytest.raises(SystemExit):
+            parse_args(["--broad_dropout", bad])
+        assert "--broad_dropout" in capsys.readouterr().err

@@ -30,7 +30,8 @@ from clipita.index.kinds import (
 )
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
 from clipita.loading import json_problem
-from clipita.schema import normalise_attribute, synonym_table
+from clipita.schema import normalise_attribute, path_text, synonym_table
+from clipita.tree import CategoryTree, check_node_scoring, scoring_nodes
 
 MANIFEST_FILE = "manifest.json"
 
@@ -373,10 +374,33 @@ def search(
     processor: Any = None,
     filters: Sequence[str] | None = None,
     synonyms: Mapping | None = None,
+    node_scoring: str = "node",
 ) -> list[list[Hit]]:
     """Category text(s) -> ranked products per text, via `model.encode_categories` and the index
-    (`filters` and `synonyms` as in `CatalogueIndex.search`)."""
+    (`filters` and `synonyms` as in `CatalogueIndex.search`). ``node_scoring="max_leaf"``: a text that names
+    nodes of the index's tree scores a product by the max of its own score and those of the named nodes'
+    descendant leaves (`clipita.tree.scoring_nodes`); the top k of that max is exact (each list is a top k)."""
     texts = check_queries(categories)
+    if check_node_scoring(node_scoring) != "node":
+        if not isinstance(index, CatalogueIndex):
+            index = CatalogueIndex.load(index)
+        tree = CategoryTree(index.metadata.column("category").to_pylist())
+        nodes = tree.nodes()
+        out = []
+        for text in texts:
+            expanded = [text] + [
+                path_text(m)
+                for named in tree.nodes_named(text)
+                for m in scoring_nodes(named, nodes, node_scoring)[1:]
+            ]
+            lists = search(expanded, k, model=model, index=index, processor=processor, filters=filters,
+                           synonyms=synonyms)  # fmt: skip
+            best: dict[str, Hit] = {}
+            for hit in (h for hits in lists for h in hits):
+                if hit.product_id not in best or hit.score > best[hit.product_id].score:
+                    best[hit.product_id] = hit
+            out.append(sorted(best.values(), key=lambda h: -h.score)[:k])
+        return out
     if not isinstance(index, CatalogueIndex):
         index = CatalogueIndex.load(index)
     name = getattr(model, "name_or_path", None) or type(model).__name__

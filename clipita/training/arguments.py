@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 from collections.abc import Sequence
 
+from clipita.training.collate import parse_broad_dropout
 from clipita.tree import LEVELS
 from configuration_clipita import (
     ATTRIBUTE_POOLINGS,
@@ -19,6 +20,13 @@ from configuration_clipita import (
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 TRACKERS = ("tensorboard", "trackio", "none")
 DEFAULT_MAX_STEPS = 800  # enough for the default model to learn the demo catalogue
+
+
+def _broad_dropout(value: str) -> dict[str, float]:
+    try:
+        return parse_broad_dropout(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="which node of a product's path it is trained against: a random one (all), the root (general) "
         "or the leaf (specific)",
+    )
+    training.add_argument(
+        "--broad_dropout",
+        type=_broad_dropout,
+        default=None,
+        help='modality dropout for pairs whose node is broader than the leaf, e.g. "title:0.5,image:0.5": '
+        "the title is dropped / the image greyed with that probability, decided by (seed, epoch, product) "
+        "(default: none, the paper's recipe)",
     )
     training.add_argument("--freeze_towers", action="store_true", help="freeze CLIP's vision and text towers")
     training.add_argument("--freeze_vision", action="store_true", help="freeze CLIP's vision tower")

@@ -188,7 +188,13 @@ class Trainer:
             enable_activation_checkpointing(model)
         modalities = model.config.product_modalities
 
-        self.pairs = TrainingPairs(train_rows, args.category_level, args.seed, modality_columns(modalities))
+        self.pairs = TrainingPairs(
+            train_rows,
+            args.category_level,
+            args.seed,
+            modality_columns(modalities),
+            broad_dropout=getattr(args, "broad_dropout", None),
+        )
         loader = DataLoader(
             self.pairs,
             batch_size=args.per_device_train_batch_size,

@@ -10,11 +10,15 @@ from clipita.tree import NodeVocabulary
 from tests.helpers.tiny_catalogue import tiny_catalogue
 
 
-def fixed_batch(model, processor, size: int = 8, level: str = "general") -> dict[str, torch.Tensor]:
+def fixed_batch(
+    model, processor, size: int = 8, level: str = "general", broad_dropout: dict | None = None
+) -> dict[str, torch.Tensor]:
     """`size` pairs at `level` ("general": 3 roots, so categories repeat and multi-positive matters)."""
     rows = tiny_catalogue(num_train=size, num_validation=1)["train"]
     modalities = model.config.product_modalities
-    pairs = TrainingPairs(rows, level, seed=0, columns=modality_columns(modalities))
+    pairs = TrainingPairs(
+        rows, level, seed=0, columns=modality_columns(modalities), broad_dropout=broad_dropout
+    )
     batch = PairCollator(processor, NodeVocabulary(rows["category"]), modalities)(
         [pairs[i] for i in range(size)]
     )

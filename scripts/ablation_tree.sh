@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Issue 13 ablation: new product types under the right parent, on BOTH generated catalogues (the demo one
+# and `python -m clipita.catalogue --layout hard`), per depth, seen / unseen, new / known product types.
+# Rows: the paper's loss; the paper's loss read with --node_scoring max_leaf; --broad_dropout; broad dropout
+# + max_leaf. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean
+# and the spread (min-max) over seeds (levels with few queries are noisy).
+#   bash scripts/ablation_tree.sh                                   # seeds 0,1,2, train.py's default budget
+#   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
+# Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),
+# BROAD_DROPOUT (default title:0.5,image:0.5), TREE_ABLATION_DOCS (default docs; where table and plot go).
+# A finished run (its model.safetensors exists) is not trained again: delete its folder to redo it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] && . .venv/bin/activate
+OUT=${TREE_ABLATION_DIR:-outputs/ablation_tree}
+DOCS=${TREE_ABLATION_DOCS:-docs}
+HARD_PRODUCTS=${HARD_PRODUCTS:-5000}
+BROAD=${BROAD_DROPOUT:-title:0.5,image:0.5}
+SEEDS=0,1,2
+BUDGET=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --seeds) SEEDS=$2; shift 2 ;;
+    --seeds=*) SEEDS=${1#--seeds=}; shift ;;
+    *) BUDGET+=("$1"); shift ;;
+  esac
+done
+
+HARD="$OUT/data/hard"
+if [ ! -f "$HARD/catalogue.json" ]; then
+  python -m clipita.catalogue --layout hard --num_products "$HARD_PRODUCTS" --seed 0 --output_dir "$HARD"
+fi
+
+train() {  # dataset-name dataset run-name seed flags...
+  local ds=$1 data=$2 name=$3 seed=$4
+  shift 4
+  local dir="$OUT/$ds/$name-s$seed"
+  if [ -f "$dir/model.safetensors" ]; then
+    echo "== $ds $name seed $seed: already trained in $dir"
+  else
+    echo "== training $ds $name seed $seed"
+    python train.py --dataset "$data" --output_dir "$dir" --overwrite_output_dir --report_to none \
+      --seed "$seed" "${BUDGET[@]}" "$@"
+  fi
+}
+
+evaluate() {  # dataset-name dataset run-name seed node-scoring row-name
+  local ds=$1 data=$2 name=$3 seed=$4 scoring=$5 row=$6
+  python eval.py --dataset "$data" --split test --baselines none --settings all \
+    --model "$OUT/$ds/$name-s$seed" --node_scoring "$scoring" --output "$OUT/$ds/results/$row-s$seed.json"
+}
+
+for pair in "demo:demo" "hard:$HARD"; do
+  ds=${pair%%:*}
+  data=${pair#*:}
+  for seed in ${SEEDS//,/ }; do
+    train "$ds" "$data" paper "$seed"
+    train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD"
+    evaluate "$ds" "$data" paper "$seed" node "paper"
+    evaluate "$ds" "$data" paper "$seed" max_leaf "paper + max_leaf"
+    evaluate "$ds" "$data" broad-dropout "$seed" node "broad dropout"
+    evaluate "$ds" "$data" broad-dropout "$seed" max_leaf "broad dropout + max_leaf"
+  done
+done
+
+python scripts/ablation_tree.py --runs "$OUT" --table "$DOCS/ablation_tree.md" --plot "$DOCS/ablation_tree.png" \
+  --command "bash scripts/ablation_tree.sh --seeds $SEEDS ${BUDGET[*]}"

@@ -1,0 +1,96 @@
+"""Issue 13: hierarchy-consistent node scores, category paths, per-depth retrieval and placement."""
+
+import numpy as np
+import pytest
+
+from clipita.evaluation import format_per_depth, per_depth_report, suggest_paths
+from clipita.results import ResultsError, check_result
+from clipita.tree import depth_name, leaves_of, node_scores, rank_paths, ranked_prefixes, scoring_nodes
+
+NODES = [("A",), ("A", "x"), ("A", "x", "1"), ("A", "x", "2"), ("A", "y"), ("A", "y", "3"), ("B",), ("B", "z"),
+         ("B", "z", "4")]  # fmt: skip
+
+
+def test_depth_names():
+    assert [depth_name(d, 3) for d in (1, 2, 3)] == ["root", "depth2", "leaf"]
+    assert [depth_name(d, 4) for d in (1, 2, 3, 4)] == ["root", "depth2", "depth3", "leaf"]
+
+
+def test_scoring_nodes_are_the_seen_descendant_leaves():
+    assert leaves_of(NODES) == [("A", "x", "1"), ("A", "x", "2"), ("A", "y", "3"), ("B", "z", "4")]
+    assert scoring_nodes(("A",), NODES, "node") == [("A",)]
+    assert scoring_nodes(("A", "x"), NODES, "max_leaf") == [("A", "x"), ("A", "x", "1"), ("A", "x", "2")]
+    seen = {("A", "x", "1")}
+    assert scoring_nodes(("A",), NODES, "max_leaf", seen) == [("A",), ("A", "x", "1")]
+    with pytest.raises(ValueError, match="unknown node scoring 'mean'"):
+        scoring_nodes(("A",), NODES, "mean")
+
+
+def test_max_leaf_scores_are_the_max_over_seen_descendant_leaves():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(len(NODES), 5))
+    assert node_scores(raw, NODES, "node") is raw
+    seen = {("A", "x", "1"), ("A", "y", "3")}
+    out = node_scores(raw, NODES, "max_leaf", seen)
+    np.testing.assert_allclose(out[0], np.max(raw[[0, 2, 5]], axis=0))  # A: itself, x/1 and y/3 (x/2 unseen)
+    np.testing.assert_allclose(out[1], np.maximum(raw[1], raw[2]))
+    np.testing.assert_allclose(out[6], raw[6])  # B: no seen leaf below
+    np.testing.assert_allclose(out[2:4], raw[2:4])  # leaves keep their own scores
+
+
+def test_rank_paths_scores_a_path_by_the_mean_of_its_nodes():
+    raw = np.zeros((len(NODES), 1))
+    raw[6, 0], raw[7, 0], raw[8, 0] = 0.9, 0.1, 0.1  # B path: mean 0.367
+    raw[0, 0], raw[1, 0], raw[3, 0] = 0.5, 0.5, 0.5  # A > x > 2: mean 0.5
+    paths, order = rank_paths(raw, NODES, top=4)
+    assert [paths[i] for i in order[0][:2]] == [("A", "x", "2"), ("B", "z", "4")]
+    assert ranked_prefixes(paths, order[0], 1) == [("A",), ("B",)]
+    assert ranked_prefixes(paths, order[0], 2)[:2] == [("A", "x"), ("B", "z")]
+
+
+def _embeddings():
+    """Products embedded next to their leaf, with a known-leaf and a new-leaf product per root."""
+    node_embeds = np.eye(len(NODES), dtype=np.float32)
+    product_paths = [("A", "x", "1"), ("A", "x", "2"), ("A", "y", "3"), ("B", "z", "4")]
+    position = {n: i for i, n in enumerate(NODES)}
+    product_embeds = np.stack(
+        [node_embeds[position[p]] + 0.1 * node_embeds[position[p[:1]]] for p in product_paths]
+    )
+    train_paths = [("A", "x", "1"), ("A", "y", "3"), ("B", "z", "4")]  # A > x > 2 is a new type
+    return product_embeds, node_embeds, product_paths, train_paths
+
+
+def test_per_depth_report_splits_depths_groups_and_scorings():
+    product_embeds, node_embeds, product_paths, train_paths = _embeddings()
+    node = per_depth_report(product_embeds, node_embeds, NODES, product_paths, train_paths, "node")
+    assert list(node["retrieval"]) == ["root", "depth2", "leaf"]
+    leaf = node["retrieval"]["leaf"]
+    assert leaf["seen"]["num_queries"] == 3 and leaf["unseen"]["num_queries"] == 1
+    assert leaf["all"]["P@10"] == pytest.approx(0.1)  # each leaf query: its one product first
+    assert "new_leaves" not in leaf and node["retrieval"]["root"]["new_leaves"]["num_queries"] == 1
+    assert node["placement"]["leaf"]["known"] == {"top1": 1.0, "top3": 1.0, "num_products": 3}
+    assert node["placement"]["root"]["new"]["num_products"] == 1
+    # the new-type product lies on its own leaf's axis: the suggested path is its own
+    assert node["path_placement"]["leaf"]["new"]["top1"] == 1.0
+    max_leaf = per_depth_report(product_embeds, node_embeds, NODES, product_paths, train_paths, "max_leaf")
+    assert max_leaf["node_scoring"] == "max_leaf"
+    assert max_leaf["retrieval"]["leaf"] == node["retrieval"]["leaf"]  # leaves have no descendants
+    result = {"settings": {"all": {}}, "per_depth": max_leaf}
+    check_result(result)
+    text = format_per_depth({"m": result})
+    assert "| depth2 |" in text and "node: new" in text
+
+
+def test_per_depth_results_are_checked():
+    bad = {"settings": {"all": {}}, "per_depth": {"retrieval": {"root": {"all": {"P@10": 3.0}}}}}
+    with pytest.raises(ResultsError, match=r"per_depth\.retrieval\.root\.all\.P@10"):
+        check_result(bad)
+
+
+def test_suggest_paths_returns_tree_consistent_paths_best_first():
+    product_embeds, node_embeds, product_paths, _ = _embeddings()
+    product_embeds = np.vstack([product_embeds, np.full((1, len(NODES)), np.nan, np.float32)])
+    suggestions = suggest_paths(product_embeds, node_embeds, NODES, top=2)
+    assert [s[0][0] for s in suggestions[:4]] == product_paths
+    assert all(len(s) == 2 and s[0][1] >= s[1][1] for s in suggestions[:4])
+    assert suggestions[4] == []
