@@ -47,7 +47,7 @@ class StageLines:
         self.postfix: dict[str, Any] = {}
         self.started = time.perf_counter()
         self.closed = False
-        of = f" of {self.total} {unit}" if self.total is not None else ""
+        of = f" ({self.total} {unit})" if self.total is not None else ""
         resumed = f", resuming at {initial}" if initial else ""
         self._write(f"{self.desc}: started{of}{resumed}")
 

@@ -21,7 +21,7 @@ def test_a_file_gets_a_line_when_a_stage_starts_and_one_when_it_ends():
         bar.update(1)
         bar.set_postfix(loss="0.5")
     lines = out.getvalue().splitlines()
-    assert lines[0] == "encoding: started of 3 product"
+    assert lines[0] == "encoding: started (3 product)"
     assert lines[1].startswith("encoding: done, 3 product in ") and lines[1].endswith(" s, loss=0.5")
     assert len(lines) == 2 and "\r" not in out.getvalue()
 

@@ -133,7 +133,7 @@ def test_a_command_logged_to_a_file_writes_stage_lines_not_bars(built):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "\r" not in result.stderr and "Loading weights" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.splitlines()
-    assert f"encoding catalogue: started of {count} product" in lines
+    assert f"encoding catalogue: started ({count} product)" in lines
     assert any(line.startswith(f"encoding catalogue: done, {count} product in ") for line in lines)
 
 
