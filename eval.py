@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings, pretrained_towers
-from clipita.cli import add_loader_arguments, load_from_args
+from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args
 from clipita.evaluation import (
     clipita_embeddings,
     clipita_per_depth,
@@ -54,7 +54,7 @@ from clipita.evaluation import (
 )
 from clipita.loading import load_model
 from clipita.results import BASELINES, runs_by_name
-from clipita.tree import LEVELS, NODE_SCORINGS, CategoryTree, check_node_scoring
+from clipita.tree import LEVELS, CategoryTree, check_node_scoring
 
 logger = logging.getLogger("eval")
 
@@ -220,13 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_queries", type=int, help="sample at most N queries per setting (seeded)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query sample")
-    parser.add_argument(
-        "--node_scoring",
-        choices=tuple(NODE_SCORINGS),
-        default="node",
-        help="per-depth metrics: how a node scores a product; "
-        + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
-    )
+    add_node_scoring_argument(parser, "per-depth metrics: how a node scores a product")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--table", type=Path, help="also write the markdown table here")
     parser.add_argument("--plot", type=Path, help="also write a P@10 bar plot (PNG) here")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from clipita.cli import add_loader_arguments, load_from_args, run_command
+from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args, run_command
 from clipita.encoding import product_encoder
 from clipita.evaluation import precision_at_10
 from clipita.index import (
@@ -44,7 +44,7 @@ from clipita.index import (
 )
 from clipita.loading import check_model_folder, load_model, weights_sha256
 from clipita.schema import PATH_SEPARATOR, synonym_table
-from clipita.tree import NODE_SCORINGS, CategoryTree, category_nodes
+from clipita.tree import CategoryTree, category_nodes
 
 MAX_TEXT_QUERIES = 1000  # category names encoded to measure an approximate index's recall on text
 
@@ -273,13 +273,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="query with a model whose weights differ from those that built the index (normally refused)",
     )
-    q.add_argument(
-        "--node_scoring",
-        choices=tuple(NODE_SCORINGS),
-        default="node",
-        help="how a query that names a node scores products; "
-        + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
-    )
+    add_node_scoring_argument(q, "how a query that names a node scores products")
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
     q.set_defaults(run=query)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from clipita.data import PRESETS, CatalogueSchemaError, load_catalogue
 from clipita.schema import PATH_SEPARATOR
-from clipita.tree import category_nodes, is_unseen, seen_nodes
+from clipita.tree import NODE_SCORINGS, category_nodes, is_unseen, seen_nodes
 
 # What a careless user causes (a bad flag value, a missing or existing file, a malformed catalogue): a command
 # line reports these on one line with exit status 2, not as a traceback.
@@ -64,6 +64,16 @@ class OneDefaultHelpFormatter(argparse.HelpFormatter):
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             return f"{text} (default: {'on' if action.default else 'off'})"
         return f"{text} (default: %(default)s)"
+
+
+def add_node_scoring_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--node_scoring` (`clipita.tree.NODE_SCORINGS`), worded for what it changes in this command."""
+    parser.add_argument(
+        "--node_scoring",
+        choices=tuple(NODE_SCORINGS),
+        default="node",
+        help=f"{what}; " + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
+    )
 
 
 def add_loader_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -25,10 +25,14 @@ LEVELS = {
 }
 
 
+def _check_choice(value: str, allowed: dict[str, str], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {tuple(allowed)}")
+    return value
+
+
 def check_level(level: str) -> str:
-    if level not in LEVELS:
-        raise ValueError(f"unknown category level {level!r}; choose one of {tuple(LEVELS)}")
-    return level
+    return _check_choice(level, LEVELS, "category level")
 
 
 def category_nodes(path: Sequence[str]) -> list[Node]:
@@ -179,9 +183,7 @@ NODE_SCORINGS = {
 
 
 def check_node_scoring(scoring: str) -> str:
-    if scoring not in NODE_SCORINGS:
-        raise ValueError(f"unknown node scoring {scoring!r}; choose one of {tuple(NODE_SCORINGS)}")
-    return scoring
+    return _check_choice(scoring, NODE_SCORINGS, "node scoring")
 
 
 def depth_name(depth: int, max_depth: int) -> str:

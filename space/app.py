@@ -24,9 +24,10 @@ from typing import Any
 import gradio as gr
 from fastapi.middleware import Middleware
 
+from clipita.cli import add_node_scoring_argument
 from clipita.index import MAX_QUERY_CHARS
 from clipita.schema import path_text
-from clipita.tree import NODE_SCORINGS, CategoryTree
+from clipita.tree import CategoryTree
 
 if __package__:  # imported as space.app (tests, bench/space_latency.py)
     from space import answers, variants
@@ -309,13 +310,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--port", type=int, default=None, help="server port (default: GRADIO_SERVER_PORT or 7860)"
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument(
-        "--node_scoring",
-        choices=tuple(NODE_SCORINGS),
-        default="node",
-        help="how a category query that names a node scores products; "
-        + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
-    )
+    add_node_scoring_argument(parser, "how a category query that names a node scores products")
     args = parser.parse_args(argv)
     args.model = args.model or _from_env(MODEL_ENV)
     args.index = args.index or _from_env(INDEX_ENV)
