@@ -26,6 +26,7 @@ import pandas as pd
 from clipita.catalogue import catalogue_matches, generate_catalogue, generation_defaults
 from clipita.encoding import EMPTY_CATEGORY, NOT_REGULAR, TOO_LARGE, UNREADABLE, row_problem
 from clipita.fileio import is_inside, publish_dir
+from clipita.progress import first_line
 from clipita.schema import (
     CANONICAL_COLUMNS,
     FEATURES,
@@ -561,7 +562,7 @@ def _read_source(
     try:
         return datasets.load_dataset(source, data_dir=data_dir, streaming=streaming)  # a Hub dataset id
     except FileNotFoundError as err:  # datasets' DatasetNotFoundError is one
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CatalogueSchemaError(f"{source}: no such file or folder, nor a Hub dataset ({first})") from None
 
 

@@ -119,3 +119,10 @@ def quiet_loading() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first non-empty message line (its type name when it has none): libraries' multi-line
+    messages shortened for a one-line error that names the file or row."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -30,6 +30,7 @@ from clipita.index.kinds import (
 )
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
 from clipita.loading import json_problem
+from clipita.progress import first_line
 from clipita.schema import normalise_attribute, path_text, synonym_table
 from clipita.tree import CategoryTree, check_node_scoring, scoring_nodes
 
@@ -203,7 +204,7 @@ class CatalogueIndex:
                     f"{path / name}: missing from the index folder; rebuild the index"
                 ) from None
             except Exception as err:  # faiss, numpy and arrow each raise their own kind on a damaged file
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                first = first_line(err)
                 raise ValueError(
                     f"{path / name}: unreadable, truncated or corrupted ({first}); rebuild the index"
                 ) from None

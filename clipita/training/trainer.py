@@ -23,7 +23,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from clipita.progress import progress_bar
+from clipita.progress import first_line, progress_bar
 from clipita.schema import modality_columns
 from clipita.training import checkpoints as ckpt
 from clipita.training.checkpoints import TrainerState
@@ -286,7 +286,7 @@ class Trainer:
         try:
             self.accelerator.load_state(str(checkpoint))
         except Exception as err:  # a damaged optimizer / scheduler / RNG file: name the checkpoint
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise ValueError(
                 f"cannot resume from {checkpoint}: a file of it is unreadable ({type(err).__name__}: {first}); "
                 "pass an older checkpoint folder to --resume_from_checkpoint"
