@@ -12,7 +12,9 @@ their case and through a synonym table (colour / color, ...; clipita.schema.ATTR
 when fewer than k products match, the answer says so and lists only those.
 
 `build` is resumable: run it again after an interruption and encoding continues at the first
-unfinished shard. The index folder records the model that built it; `query` uses that model unless
+unfinished shard. `accelerate launch --num_processes N search.py build ...` encodes on N processes (GPUs,
+or CPU processes with ACCELERATE_USE_CPU=1 and --multi_gpu), each its contiguous part of the catalogue in
+its own resumable shards; the main process builds the index, the same as one process would. The index folder records the model that built it; `query` uses that model unless
 `--model` names another (of the same embedding size).
 """
 
@@ -38,10 +40,10 @@ from clipita.index import (
     CatalogueIndex,
     Hit,
     check_queries,
-    encode_to_shards,
-    load_shards,
     search,
 )
+from clipita.index.distributed import encode_catalogue, encode_root, iter_parts, process_state
+from clipita.index.shards import concat_shards
 from clipita.loading import check_model_folder, load_model, weights_sha256
 from clipita.schema import PATH_SEPARATOR, synonym_table
 from clipita.tree import CategoryTree, category_nodes
@@ -67,19 +69,28 @@ def model_info(model, name_or_path: str) -> dict:
 
 def build(args: argparse.Namespace) -> None:
     out = Path(args.output)
-    model, processor = load_model(args.model, args.device)
+    # --- several processes (issue 17): `accelerate launch --num_processes N search.py build ...` splits the
+    # catalogue; each process encodes its part, the main process assembles the index
+    state = process_state()
+    device = args.device or (str(state.device) if state.num_processes > 1 else None)
+    model, processor = load_model(args.model, device)
     info = model_info(model, args.model)
-    dataset, load_report = load_from_args(args, args.split)
-    print(f"catalogue {args.dataset} [{args.split}]: {load_report}")
+    with state.main_process_first():  # the demo catalogue is generated once, by the main process
+        dataset, load_report = load_from_args(args, args.split)
+    if state.is_main_process:
+        print(f"catalogue {args.dataset} [{args.split}]: {load_report}")
 
     fingerprint = {key: info[key] for key in ("name_or_path", "config_sha256", "weights_sha256")}
     fingerprint.update(dataset=args.dataset, split=args.split)
     encode_batch = product_encoder(model, processor, batch_size=args.batch_size)
-    report = encode_to_shards(
-        dataset, encode_batch, out / "encode", args.batch_size, args.shard_size, fingerprint=fingerprint
+    report = encode_catalogue(
+        dataset, encode_batch, out, state, args.batch_size, args.shard_size, fingerprint=fingerprint
     )
+    if not state.is_main_process:
+        return
     print(report.summary())
-    embeddings, metadata = load_shards(out / "encode")
+    embeddings, metadata = concat_shards(iter_parts(out, state.num_processes))
+    # --- end of the several-processes part
     if len(embeddings) == 0:
         raise ValueError(
             f"no product of {args.dataset} [{args.split}] could be encoded; see the skip report above"
@@ -101,6 +112,7 @@ def build(args: argparse.Namespace) -> None:
                 "skipped": report.skipped,
                 "skipped_ids": report.skipped_ids,
                 "skip_reasons": report.skip_reasons,
+                "processes": report.processes,
             },
         },
     )
@@ -108,7 +120,7 @@ def build(args: argparse.Namespace) -> None:
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     index.save(out)
     if not args.keep_shards:
-        shutil.rmtree(out / "encode")
+        shutil.rmtree(encode_root(out, state.num_processes))
     print(describe(index))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -33,7 +33,7 @@ METADATA_SCHEMA = pa.schema(
         ("attributes", pa.list_(pa.string())),
     ]
 )
-_FIRST_SKIPPED = 20  # how many skipped ids / reasons a report keeps
+FIRST_SKIPPED = 20  # how many skipped ids / reasons a report keeps
 
 
 def metadata_row(row: dict) -> dict:
@@ -66,12 +66,15 @@ class EncodeReport:
     complete: bool
     skipped_ids: list[str] = field(default_factory=list)
     skip_reasons: list[str] = field(default_factory=list)
+    processes: int = 1  # encoding processes whose parts this report sums
 
     def summary(self) -> str:
         lines = [
             f"encoded {self.encoded} products into {self.shards} shards in {self.out_dir} "
             f"(dim {self.dim}, {self.rows_seen} rows read"
-            + (f", resumed at row {self.resumed_from_row})" if self.resumed_from_row else ")")
+            + (f" by {self.processes} processes" if self.processes > 1 else "")
+            + (f", resumed at row {self.resumed_from_row}" if self.resumed_from_row else "")
+            + (" of this process's part)" if self.resumed_from_row and self.processes > 1 else ")")
         ]
         if self.skipped:
             lines.append(
@@ -140,6 +143,10 @@ def encode_to_shards(
     resumed_from = state["rows_done"]
     if not state["complete"]:
         _encode_remaining(dataset, encode_batch, out, state, batch_size, shard_size, progress)
+    return _report(out, state, resumed_from)
+
+
+def _report(out: Path, state: dict, resumed_from: int = 0) -> EncodeReport:
     return EncodeReport(
         out_dir=str(out),
         dim=state["dim"],
@@ -152,6 +159,15 @@ def encode_to_shards(
         skipped_ids=state["skipped_ids"],
         skip_reasons=state["skip_reasons"],
     )
+
+
+def read_report(out_dir: str | os.PathLike) -> EncodeReport:
+    """The report of the encode in `out_dir` as it stands, without encoding anything."""
+    out = Path(out_dir)
+    state = _read_progress(out)
+    if state is None:
+        raise FileNotFoundError(f"{out} has no {PROGRESS_FILE}: not an encode folder")
+    return _report(out, state)
 
 
 def _encode_remaining(
@@ -207,14 +223,14 @@ def _write_shard(out: Path, state: dict, embs: list, meta: list, failed: list, r
     state["shards"].append({"embeddings": emb_name, "metadata": meta_name, "count": len(meta), "rows": rows})
     state["rows_done"] += rows
     state["skipped"] += len(failed)
-    room = _FIRST_SKIPPED - len(state["skipped_ids"])
+    room = FIRST_SKIPPED - len(state["skipped_ids"])
     state["skipped_ids"] += [f.product_id for f in failed[:room]]
     state["skip_reasons"] += [str(f) for f in failed[:room]]
     write_json(out / PROGRESS_FILE, state)
 
 
-def load_shards(out_dir: str | os.PathLike) -> tuple[np.ndarray, pa.Table]:
-    """Concatenate a finished encode's shards -> (embeddings `[N, d]` float32, metadata table)."""
+def iter_shards(out_dir: str | os.PathLike) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """A finished encode's shards one at a time, (embeddings `[n, d]` float32, metadata): memory of one shard."""
     out = Path(out_dir)
     state = _read_progress(out)
     if state is None:
@@ -223,7 +239,22 @@ def load_shards(out_dir: str | os.PathLike) -> tuple[np.ndarray, pa.Table]:
         raise ValueError(
             f"the encode in {out} is incomplete ({state['rows_done']} rows done): resume it first"
         )
-    embs = [e for e in (np.load(out / s["embeddings"]) for s in state["shards"]) if len(e)]
-    emb = np.concatenate(embs) if embs else np.zeros((0, state["dim"] or 0), np.float32)
-    tables = [pq.read_table(out / s["metadata"]) for s in state["shards"]]
+    for s in state["shards"]:
+        emb = np.load(out / s["embeddings"])
+        yield emb.reshape(len(emb), state["dim"] or 0), pq.read_table(out / s["metadata"])
+
+
+def load_shards(out_dir: str | os.PathLike) -> tuple[np.ndarray, pa.Table]:
+    """Concatenate a finished encode's shards -> (embeddings `[N, d]` float32, metadata table)."""
+    return concat_shards(iter_shards(out_dir))
+
+
+def concat_shards(shards: Iterable[tuple[np.ndarray, pa.Table]]) -> tuple[np.ndarray, pa.Table]:
+    """(embeddings, metadata) shards -> one embeddings matrix and one metadata table."""
+    embs, tables, dim = [], [], 0
+    for emb, table in shards:
+        dim = dim or emb.shape[1]
+        embs.append(emb)
+        tables.append(table)
+    emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     return emb, pa.concat_tables(tables) if tables else METADATA_SCHEMA.empty_table()

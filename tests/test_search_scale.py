@@ -1,0 +1,87 @@
+"""search.py past one process: sharded encoding under `accelerate launch`, resumed after a kill, gives the
+index of one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import search as search_cli
+from clipita.bootstrap import build_default_model, register_auto_classes
+from clipita.catalogue import generate_catalogue
+from clipita.index import CatalogueIndex
+from tests.conftest import TINY_TEXTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """(tmp folder, catalogue folder, model folder) with a 32-d untrained model."""
+    tmp = tmp_path_factory.mktemp("search_scale")
+    generate_catalogue(tmp / "catalogue", num_products=200, progress=False)
+    register_auto_classes()
+    model, processor = build_default_model(TINY_TEXTS, hidden_size=32, layers=1, image_size=32)
+    model.save_pretrained(tmp / "model")
+    processor.save_pretrained(tmp / "model")
+    return tmp, tmp / "catalogue", tmp / "model"
+
+
+def build_args(world, output: Path, *extra: str) -> list[str]:
+    _, catalogue, model = world
+    return [
+        "build", "--model", str(model), "--dataset", str(catalogue), "--split", "test", "--output", str(output),
+        "--batch_size", "4", "--shard_size", "8", *extra,
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    """`accelerate launch --num_processes 2` of search.py build on CPU (gloo)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1", **env)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+        "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "tests.helpers.sharded_build", *argv,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.multiprocess  # accelerate launch, two processes, one killed
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_give_the_one_process_index(world, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert search_cli.main(build_args(world, one)) == 0
+
+    killed = launch(build_args(world, two, "--keep_shards"), KILL_RANK="1", KILL_AFTER="3")
+    assert killed.returncode != 0
+    part = two / "encode-2procs" / "part-00001"
+    progress = json.loads((part / "progress.json").read_text())
+    assert not progress["complete"] and progress["rows_done"] == 8  # shard 0 done, killed in shard 1
+    first_shard = (part / "emb-00000.npy").stat()
+
+    resumed = launch(build_args(world, two, "--keep_shards"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "by 2 processes" in resumed.stdout
+    kept = (part / "emb-00000.npy").stat()  # the finished shard was kept, not encoded again
+    assert (kept.st_ino, kept.st_mtime_ns) == (first_shard.st_ino, first_shard.st_mtime_ns)
+    assert json.loads((part / "progress.json").read_text())["complete"]
+
+    a, b = CatalogueIndex.load(one), CatalogueIndex.load(two)
+    assert len(a) > 16 and a.metadata.equals(b.metadata)  # the same products in the same order
+    np.testing.assert_allclose(np.asarray(b.embeddings), np.asarray(a.embeddings), atol=1e-6)
+    assert b.manifest["encode"]["processes"] == 2 and b.manifest["encode"]["encoded"] == len(a)
+    queries = np.asarray(a.embeddings[:20])
+    top_a = [[h.product_id for h in hits] for hits in a.search(queries, k=10)]
+    top_b = [[h.product_id for h in hits] for hits in b.search(queries, k=10)]
+    assert top_a == top_b
