@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from transformers import AutoConfig
 
 from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args, run_command
@@ -43,7 +45,8 @@ from clipita.index import (
     search,
 )
 from clipita.index.distributed import encode_catalogue, encode_root, iter_parts, process_state
-from clipita.index.shards import concat_shards
+from clipita.index.embeddings_dataset import write_embeddings_dataset
+from clipita.index.shards import write_embeddings_npy
 from clipita.loading import check_model_folder, load_model, weights_sha256
 from clipita.schema import PATH_SEPARATOR, synonym_table
 from clipita.tree import CategoryTree, category_nodes
@@ -69,6 +72,8 @@ def model_info(model, name_or_path: str) -> dict:
 
 def build(args: argparse.Namespace) -> None:
     out = Path(args.output)
+    if args.embeddings_dataset:
+        dataset_split_name(args.split)  # before hours of encoding
     # --- several processes (issue 17): `accelerate launch --num_processes N search.py build ...` splits the
     # catalogue; each process encodes its part, the main process assembles the index
     state = process_state()
@@ -89,12 +94,26 @@ def build(args: argparse.Namespace) -> None:
     if not state.is_main_process:
         return
     print(report.summary())
-    embeddings, metadata = concat_shards(iter_parts(out, state.num_processes))
     # --- end of the several-processes part
-    if len(embeddings) == 0:
+    if report.encoded == 0:
         raise ValueError(
             f"no product of {args.dataset} [{args.split}] could be encoded; see the skip report above"
         )
+    world = state.num_processes
+    if args.embeddings_dataset:  # --- the vectors as a Hub dataset (issue 17)
+        write_embeddings_dataset(
+            iter_parts(out, world), args.embeddings_dataset, dataset_split_name(args.split), report.shards,
+            report.dim, source=args.dataset, model=info["name_or_path"],
+        )  # fmt: skip
+        print(f"embeddings dataset written to {args.embeddings_dataset} (datasets.load_dataset reads it)")
+    # an older index in this folder stops being one while its files are replaced
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    # the embeddings go to the index folder shard by shard and are read from there memory-mapped, so a
+    # catalogue larger than memory builds (--memory_budget_mb picks an index with its lists on disk)
+    metadata = write_embeddings_npy(
+        iter_parts(out, world), out / "embeddings.npy", report.encoded, report.dim
+    )
+    embeddings = np.load(out / "embeddings.npy", mmap_mode="r")
     leaves = sorted({path[-1] for path in metadata.column("category").to_pylist() if path})[:MAX_TEXT_QUERIES]
     text_queries = model.encode_categories(leaves) if leaves else None
     index = CatalogueIndex.build(
@@ -115,13 +134,21 @@ def build(args: argparse.Namespace) -> None:
                 "processes": report.processes,
             },
         },
+        directory=out,
     )
-    # an older index in this folder stops being one while its files are replaced
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
     index.save(out)
     if not args.keep_shards:
-        shutil.rmtree(encode_root(out, state.num_processes))
+        shutil.rmtree(encode_root(out, world))
     print(describe(index))
+
+
+def dataset_split_name(split: str) -> str:
+    """The split's name in an embeddings dataset: `datasets` accepts word characters only."""
+    if not re.fullmatch(r"\w+", split):
+        raise ValueError(
+            f"--embeddings_dataset: the split {split!r} is not a dataset split name (letters, digits, _)"
+        )
+    return split
 
 
 def describe(index: CatalogueIndex) -> str:
@@ -253,6 +280,12 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--keep_shards", action="store_true", help="keep the encode shards after the index is built"
+    )
+    b.add_argument(
+        "--embeddings_dataset",
+        default=None,
+        help="also write (product_id, embedding, title, category, attributes) as a parquet dataset in this "
+        "folder: datasets.load_dataset(FOLDER) reads it, huggingface_hub.upload_folder publishes it",
     )
     b.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     b.set_defaults(run=build)

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import datasets
+import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -23,6 +24,7 @@ from clipita.index import (
     CatalogueIndex,
     choose_index_kind,
     encode_to_shards,
+    kinds,
     load_shards,
     search,
 )
@@ -379,3 +381,54 @@ def test_bench_brute_force_baseline_is_exact():
     x, q = bench.synthetic(3000, 32, seed=0), bench.synthetic(70, 32, seed=1)
     assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     np.testing.assert_array_equal(bench.numpy_topk(x, q, 10), exact_top(x, q, 10))
+
+
+def test_choose_index_kind_puts_the_lists_on_disk_above_the_budget():
+    assert choose_index_kind(10_000_000, 128, memory_budget_mb=1000) == "ivfpq"  # 24 B a product in memory
+    assert choose_index_kind(10_000_000, 128, memory_budget_mb=100) == "ivfpq_disk"  # only centroids stay
+
+
+def memmapped(x: np.ndarray, path: Path) -> np.ndarray:
+    np.save(path, x)
+    return np.load(path, mmap_mode="r")
+
+
+def test_chunked_exact_search_over_a_memory_mapped_file_is_exact(tmp_path):
+    emb = clustered(3000)
+    q = clustered(7, seed=3)
+    scores, ids = kinds.exact_search(memmapped(emb, tmp_path / "e.npy"), q, 10, chunk=700)
+    np.testing.assert_array_equal(ids, exact_top(emb, q, 10))
+    np.testing.assert_allclose(scores, np.sort(q @ emb.T, axis=1)[:, ::-1][:, :10], atol=1e-5)
+    chunks = list(kinds.iter_chunks(memmapped(emb, tmp_path / "e.npy"), 700))
+    assert [s for s, _ in chunks] == [0, 700, 1400, 2100, 2800] and not isinstance(chunks[0][1], np.memmap)
+
+
+def test_ivfpq_with_lists_on_disk_answers_as_the_in_memory_one(tmp_path, monkeypatch):
+    """Chosen above the budget, built block by block, its lists memory-mapped from index.ivfdata on load;
+    the same codes as in memory, so the same answers, re-ranked exactly."""
+    monkeypatch.setattr(kinds, "CHUNK_ROWS", 1000)  # three blocks merged into the on-disk lists
+    emb = clustered(3000)
+    meta = metadata_for(3000)
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    x = memmapped(emb, folder / "embeddings.npy")
+    on_disk = CatalogueIndex.build(x, meta, memory_budget_mb=0.03, recall_queries=200, progress=False,
+                                   directory=folder)  # fmt: skip
+    assert on_disk.kind == "ivfpq_disk" and (folder / "index.ivfdata").stat().st_size > 3000 * 4
+    assert on_disk.manifest["recall"]["recall_at_10_products"] > 0.8
+    on_disk.save(folder)
+    loaded = CatalogueIndex.load(folder)
+    lists = faiss.extract_index_ivf(loaded.index).invlists
+    assert isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
+    in_memory = CatalogueIndex.build(emb, meta, kind="ivfpq", recall_queries=200, progress=False)
+    q = clustered(20, seed=5)
+    ids = [[h.product_id for h in row] for row in loaded.search(q, k=10)]
+    assert ids == [[h.product_id for h in row] for row in in_memory.search(q, k=10)]
+    assert (
+        kinds.recall_at_k(np.array([[int(i[1:]) for i in row] for row in ids]), exact_top(emb, q, 10)) > 0.9
+    )
+    red = loaded.search(q[:2], k=5, filters=["colour: red"])  # filters still work on the on-disk index
+    assert all(len(row) == 5 and all("colour: red" in h.attributes for h in row) for row in red)
+    copy = tmp_path / "copy"  # saved elsewhere, the lists go along
+    on_disk.save(copy)
+    assert [[h.product_id for h in row] for row in CatalogueIndex.load(copy).search(q, k=10)] == ids

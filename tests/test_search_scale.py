@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 
@@ -85,3 +86,26 @@ def test_two_processes_killed_and_resumed_give_the_one_process_index(world, tmp_
     top_a = [[h.product_id for h in hits] for hits in a.search(queries, k=10)]
     top_b = [[h.product_id for h in hits] for hits in b.search(queries, k=10)]
     assert top_a == top_b
+
+
+def test_build_writes_an_embeddings_dataset_and_an_index_with_lists_on_disk(world, tmp_path, capsys):
+    out, vectors = tmp_path / "index", tmp_path / "vectors"
+    argv = build_args(world, out, "--embeddings_dataset", str(vectors), "--index_kind", "ivfpq_disk")
+    assert search_cli.main(argv) == 0
+    index = CatalogueIndex.load(out)
+    assert index.kind == "ivfpq_disk" and (out / "index.ivfdata").is_file()
+
+    loaded = datasets.load_dataset(str(vectors), split="test")  # the Hub layout: data/test-*.parquet + card
+    assert loaded.column_names == ["product_id", "embedding", "title", "category", "attributes"]
+    assert loaded.features["embedding"] == datasets.List(datasets.Value("float32"), length=32)
+    assert loaded["product_id"] == index.metadata.column("product_id").to_pylist()
+    assert loaded["category"] == index.metadata.column("category").to_pylist()
+    np.testing.assert_array_equal(loaded.with_format("numpy")["embedding"], np.asarray(index.embeddings))
+    assert "split: test" in (vectors / "README.md").read_text()
+
+    capsys.readouterr()
+    assert search_cli.main(["query", "--index", str(out), "--json", "--k", "3", "Mugs"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["hits"]) == 3
+    assert search_cli.main([*build_args(world, tmp_path / "x", "--embeddings_dataset", str(vectors)),
+                            "--split", "test[:10]"]) == 2  # fmt: skip
+    assert "not a dataset split name" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,11 +23,14 @@ import pyarrow.parquet as pq
 from clipita.fileio import write_atomic, write_json
 from clipita.index.kinds import (
     DEFAULT_EXACT_THRESHOLD,
+    IVF_DATA_FILE,
     apply_search_params,
     approximate_search,
     build_index,
     estimate_bytes,
+    exact_search,
     measure_recall,
+    read_index,
 )
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
 from clipita.loading import json_problem
@@ -73,7 +77,7 @@ class CatalogueIndex:
 
     Folder layout: `index.faiss`, `embeddings.npy` (float32 `[N, d]`, memory-mapped on load),
     `metadata.parquet` (product_id, title, category, attributes) and `manifest.json` (written last,
-    so a folder with a manifest is complete).
+    so a folder with a manifest is complete); an `ivfpq_disk` index adds `index.ivfdata`, its lists.
     """
 
     exact_subset_limit = 65_536  # filtered searches over at most this many products run exactly
@@ -128,16 +132,24 @@ class CatalogueIndex:
         seed: int = 0,
         progress: bool = True,
         extra_manifest: dict | None = None,
+        directory: str | os.PathLike | None = None,
     ) -> CatalogueIndex:
         """Build the index; approximate kinds get recall@10 against exact search measured and recorded.
 
         Recall queries are `recall_queries` sampled product embeddings plus up to as many
         `text_queries` (category-text embeddings), reported apart because text queries sit in
         another region of the space than the products an index was trained on.
+
+        `embeddings` may be a memory-mapped `.npy` (e.g. `directory/embeddings.npy`): it is read in chunks,
+        never held whole. `directory` is the index folder, where an `ivfpq_disk` index writes its lists.
         """
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        emb = (
+            embeddings if isinstance(embeddings, np.memmap) else np.ascontiguousarray(embeddings, np.float32)
+        )
         table = _as_metadata_table(metadata)
-        index, kind, params = build_index(emb, kind, exact_threshold, memory_budget_mb, seed, progress)
+        index, kind, params = build_index(
+            emb, kind, exact_threshold, memory_budget_mb, seed, progress, directory=directory
+        )
         recall: dict[str, Any] = {"exact": kind == "flat"}
         if kind != "flat":
             rng = np.random.default_rng(seed)
@@ -174,13 +186,20 @@ class CatalogueIndex:
             "recall": recall,
             **(extra_manifest or {}),
         }
-        return cls(index, emb, table, manifest)
+        built = cls(index, emb, table, manifest)
+        built.path = None if directory is None else str(directory)
+        return built
 
     def save(self, directory: str | os.PathLike) -> Path:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        if self.kind == "ivfpq_disk" and self.path and Path(self.path).resolve() != out.resolve():
+            write_atomic(out / IVF_DATA_FILE, lambda p: shutil.copyfile(Path(self.path) / IVF_DATA_FILE, p))
         write_atomic(out / "index.faiss", lambda p: faiss.write_index(self.index, str(p)))
-        write_atomic(out / "embeddings.npy", lambda p: save_npy(p, np.asarray(self.embeddings, np.float32)))
+        if not _is_file_of(self.embeddings, out / "embeddings.npy"):  # a build from the folder's own file
+            write_atomic(
+                out / "embeddings.npy", lambda p: save_npy(p, np.asarray(self.embeddings, np.float32))
+            )
         write_atomic(out / "metadata.parquet", lambda p: pq.write_table(self.metadata, p))
         write_json(out / MANIFEST_FILE, self.manifest)
         self.path = str(out)
@@ -209,7 +228,7 @@ class CatalogueIndex:
                     f"{path / name}: unreadable, truncated or corrupted ({first}); rebuild the index"
                 ) from None
 
-        index = read("index.faiss", lambda f: faiss.read_index(str(f)))
+        index = read("index.faiss", read_index)
         apply_search_params(index, manifest["index"]["kind"], manifest["index"]["params"])
         embeddings = read("embeddings.npy", lambda f: np.load(f, mmap_mode="r"))
         metadata = read("metadata.parquet", pq.read_table)
@@ -291,11 +310,11 @@ class CatalogueIndex:
         return [self._hits(s, i) for s, i in zip(scores, ids)]
 
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        emb = self.embeddings if rows is None else self.embeddings[rows]
-        scores, ids = faiss.knn(
-            q, np.ascontiguousarray(emb, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT
-        )
-        return scores, (ids if rows is None else rows[ids])
+        if rows is None:
+            return exact_search(self.embeddings, q, k)
+        emb = np.ascontiguousarray(self.embeddings[rows], dtype=np.float32)
+        scores, ids = faiss.knn(q, emb, k, metric=faiss.METRIC_INNER_PRODUCT)
+        return scores, rows[ids]
 
     def _search_all(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.kind != "flat" and k * 10 >= len(self):  # a large share of the catalogue: exact is cheaper
@@ -325,6 +344,12 @@ class CatalogueIndex:
         keep = ids >= 0
         rows = self.metadata.take(pa.array(ids[keep])).to_pylist()
         return [Hit(score=float(s), **row) for s, row in zip(scores[keep], rows)]
+
+
+def _is_file_of(array: np.ndarray, path: Path) -> bool:
+    """Whether `array` is the memory-mapped contents of `path` (then there is nothing to write)."""
+    filename = getattr(array, "filename", None)
+    return bool(filename) and path.exists() and Path(filename).resolve() == path.resolve()
 
 
 def _normalised_or_none(attribute: str | None, table: Mapping) -> str | None:

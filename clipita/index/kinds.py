@@ -1,22 +1,34 @@
 """FAISS index kinds: which kind a catalogue's size and memory budget call for, building it, its search
 parameters, exact re-ranking and recall against exact search.
 
-Embeddings are expected L2-normalised, so inner product is cosine similarity.
+Embeddings are expected L2-normalised, so inner product is cosine similarity. They may be a memory-mapped
+`.npy` larger than memory: the build reads it in chunks with plain file reads (page cache, not the
+process's memory), exact search runs chunk by chunk, and re-ranking reads only the candidates' rows.
+`ivfpq_disk` keeps the IVF-PQ lists in a file beside the index (FAISS's `OnDiskInvertedLists`),
+memory-mapped when loaded, so neither building nor serving holds the codes in memory.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import faiss
 import numpy as np
+from faiss.contrib.ondisk import merge_ondisk
 
 from clipita.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq")
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq", "ivfpq_disk")
+IVF_KINDS = ("ivfpq", "ivfpq_disk")
+IVF_DATA_FILE = "index.ivfdata"  # the on-disk lists, beside index.faiss
+CHUNK_ROWS = 100_000  # rows read, added or searched at a time
 DEFAULT_EXACT_THRESHOLD = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
@@ -47,23 +59,26 @@ def _ivfpq_params(n: int, dim: int, memory_budget_mb: float | None = None) -> di
 
 
 def estimate_bytes(kind: str, n: int, dim: int, params: dict | None = None) -> int:
-    """Resident size of an index: vectors, plus graph links (HNSW) or codes, ids and centroids (IVF-PQ)."""
+    """Resident size of an index: vectors, plus graph links (HNSW) or codes, ids and centroids (IVF-PQ);
+    on disk (ivfpq_disk) only the centroids stay in memory, the lists are paged in as probed."""
     if kind == "flat":
         return n * dim * 4
     if kind == "hnsw":
         m = (params or {}).get("M", HNSW_M)
         return n * (dim * 4 + int(2 * m * 4 * 1.1) + 8)
-    if kind == "ivfpq":
+    if kind in IVF_KINDS:
         p = params or _ivfpq_params(n, dim)
         code = math.ceil(p["m"] * p["nbits"] / 8)
-        return n * (code + 8) + p["nlist"] * dim * 4 + p["m"] * (2 ** p["nbits"]) * (dim // p["m"]) * 4
+        centroids = p["nlist"] * dim * 4 + p["m"] * (2 ** p["nbits"]) * (dim // p["m"]) * 4
+        return centroids + (0 if kind == "ivfpq_disk" else n * (code + 8))
     raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
 
 
 def choose_index_kind(
     n: int, dim: int, exact_threshold: int = DEFAULT_EXACT_THRESHOLD, memory_budget_mb: float | None = None
 ) -> str:
-    """Exact below the threshold when it fits the budget; else HNSW if it fits; else IVF-PQ."""
+    """Exact below the threshold when it fits the budget; else HNSW if it fits; else IVF-PQ in memory if its
+    codes fit; else IVF-PQ with its lists on disk."""
 
     def fits(kind: str) -> bool:
         return memory_budget_mb is None or estimate_bytes(kind, n, dim) <= memory_budget_mb * 2**20
@@ -72,15 +87,91 @@ def choose_index_kind(
         return "flat"
     if fits("hnsw"):
         return "hnsw"
-    return "ivfpq"
+    return "ivfpq" if fits("ivfpq") else "ivfpq_disk"
 
 
-def _add_in_chunks(index: faiss.Index, x: np.ndarray, progress: bool, chunk: int = 100_000) -> None:
-    starts = range(0, len(x), chunk)
-    for start in progress_bar(
-        starts, desc="adding to index", unit="chunk", disable=not progress or len(starts) < 2
+def iter_chunks(x: np.ndarray, chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 rows) chunk by chunk. A memory-mapped `.npy` (`np.load(mmap_mode="r")`) is read
+    with plain file reads: its pages go through the page cache, never into this process's resident memory."""
+    n, chunk = len(x), chunk or CHUNK_ROWS
+    if isinstance(x, np.memmap) and x.filename and x.flags.c_contiguous:
+        dim = x.shape[1]
+        with open(x.filename, "rb") as f:
+            for start in range(0, n, chunk):
+                rows = min(chunk, n - start)
+                f.seek(x.offset + start * dim * x.itemsize)
+                yield (
+                    start,
+                    np.fromfile(f, x.dtype, rows * dim).reshape(rows, dim).astype(np.float32, copy=False),
+                )
+    else:
+        for start in range(0, n, chunk):
+            yield start, np.ascontiguousarray(x[start : start + chunk], dtype=np.float32)
+
+
+def _add_in_chunks(index: faiss.Index, x: np.ndarray, progress: bool) -> None:
+    chunks = iter_chunks(x)
+    total = math.ceil(len(x) / CHUNK_ROWS)
+    for _, rows in progress_bar(
+        chunks, total=total, desc="adding to index", unit="chunk", disable=not progress or total < 2
     ):
-        index.add(x[start : start + chunk])
+        index.add(rows)
+
+
+def exact_search(
+    x: np.ndarray, q: np.ndarray, k: int, chunk: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k, chunk by chunk (a memory-mapped `x` is read, never held, whole)."""
+    chunk = chunk or 10 * CHUNK_ROWS
+    if len(x) <= chunk and not isinstance(x, np.memmap):
+        return faiss.knn(q, np.ascontiguousarray(x, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for start, rows in iter_chunks(x, chunk):
+        scores, ids = faiss.knn(q, rows, min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, np.where(ids < 0, -1, ids + start))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def _train_sample(x: np.ndarray, params: dict, seed: int) -> np.ndarray:
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    train_n = min(n, max(39 * params["nlist"], 39 * 2 ** params["nbits"], 50_000))
+    return np.ascontiguousarray(
+        x[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else x, np.float32
+    )
+
+
+def _ondisk_ivfpq(trained: faiss.Index, x: np.ndarray, directory: Path, progress: bool) -> faiss.Index:
+    """Add `x` chunk by chunk into block indexes, merge their lists into `directory/index.ivfdata`
+    (FAISS's OnDiskInvertedLists) and return the index, its lists memory-mapped from that file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ivfdata = directory / IVF_DATA_FILE
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".blocks-") as tmp:
+        blocks = []
+        total = math.ceil(len(x) / CHUNK_ROWS)
+        chunks = progress_bar(
+            iter_chunks(x),
+            total=total,
+            desc="adding to on-disk lists",
+            unit="chunk",
+            disable=not progress or total < 2,
+        )
+        for start, rows in chunks:
+            block = faiss.clone_index(trained)
+            block.add_with_ids(rows, np.arange(start, start + len(rows), dtype=np.int64))
+            blocks.append(os.path.join(tmp, f"block-{len(blocks):05d}.faiss"))
+            faiss.write_index(block, blocks[-1])
+            del block
+        ivfdata.unlink(missing_ok=True)
+        index = faiss.clone_index(trained)
+        merge_ondisk(index, blocks, str(ivfdata))
+    return index
+
+
+def read_index(path: str | os.PathLike) -> faiss.Index:
+    """faiss.read_index; an index with on-disk lists maps them from the file beside it (read-only)."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
 
 
 def build_index(
@@ -90,11 +181,15 @@ def build_index(
     memory_budget_mb: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    directory: str | os.PathLike | None = None,
 ) -> tuple[faiss.Index, str, dict]:
-    """An inner-product FAISS index over `embeddings` -> (index, kind, search parameters)."""
+    """An inner-product FAISS index over `embeddings` -> (index, kind, search parameters).
+
+    `ivfpq_disk` writes its lists to `directory/index.ivfdata` (the index folder: they stay there).
+    """
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    x = embeddings if isinstance(embeddings, np.memmap) else np.ascontiguousarray(embeddings, np.float32)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"need a non-empty [N, d] embedding matrix, got shape {x.shape}")
     n, dim = x.shape
@@ -102,7 +197,7 @@ def build_index(
         kind = choose_index_kind(n, dim, exact_threshold, memory_budget_mb)
     if (
         memory_budget_mb is not None
-        and kind != "ivfpq"
+        and kind not in IVF_KINDS
         and estimate_bytes(kind, n, dim) > memory_budget_mb * 2**20
     ):
         logger.warning("a %s index of %d x %d exceeds the %s MB budget", kind, n, dim, memory_budget_mb)
@@ -112,16 +207,18 @@ def build_index(
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
-    else:
-        params = _ivfpq_params(n, dim, memory_budget_mb)
+    else:  # on disk, the lists need no memory: the budget does not shrink the codes
+        params = _ivfpq_params(n, dim, memory_budget_mb if kind == "ivfpq" else None)
         spec = f"IVF{params['nlist']},PQ{params['m']}x{params['nbits']}"
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
         index.do_polysemous_training = False  # only serves Hamming pre-filtering, which is unused; slow
-        rng = np.random.default_rng(seed)
-        train_n = min(n, max(39 * params["nlist"], 39 * 2 ** params["nbits"], 50_000))
-        sample = x[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else x
-        index.train(sample)
-    _add_in_chunks(index, x, progress)
+        index.train(_train_sample(x, params, seed))
+    if kind == "ivfpq_disk":
+        if directory is None:
+            raise ValueError("an ivfpq_disk index needs the folder its lists will live in (directory=...)")
+        index = _ondisk_ivfpq(index, x, Path(directory), progress)
+    else:
+        _add_in_chunks(index, x, progress)
     apply_search_params(index, kind, params)
     return index, kind, params
 
@@ -129,14 +226,14 @@ def build_index(
 def apply_search_params(index: faiss.Index, kind: str, params: dict) -> None:
     if kind == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
-    elif kind == "ivfpq":
+    elif kind in IVF_KINDS:
         faiss.extract_index_ivf(index).nprobe = params["nprobe"]
 
 
 def search_params(kind: str, params: dict, k: int, selector: faiss.IDSelector | None = None):
     if kind == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=max(params["efSearch"], k), sel=selector)
-    if kind == "ivfpq":
+    if kind in IVF_KINDS:
         return faiss.SearchParametersIVF(nprobe=params["nprobe"], sel=selector)
     return faiss.SearchParameters(sel=selector) if selector is not None else None
 
@@ -188,7 +285,7 @@ def approximate_search(
     Rows may hold -1 where an approximate index found fewer than k products.
     """
     factor = params.get("rerank", 0) if embeddings is not None else 0
-    if kind != "ivfpq" or factor <= 1:
+    if kind not in IVF_KINDS or factor <= 1:
         return index.search(q, k, params=search_params(kind, params, k, selector))
     fetch = min(index.ntotal, k * factor)
     _, candidates = index.search(q, fetch, params=search_params(kind, params, fetch, selector))
@@ -206,8 +303,6 @@ def measure_recall(
     """recall@k of `index` searched as CatalogueIndex searches it, against exact inner-product search."""
     k = min(k, len(embeddings))
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    _, exact = faiss.knn(
-        q, np.ascontiguousarray(embeddings, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT
-    )
+    _, exact = exact_search(embeddings, q, k)
     _, approx = approximate_search(index, kind, params, embeddings, q, k)
     return recall_at_k(approx, exact, k)

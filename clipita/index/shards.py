@@ -258,3 +258,25 @@ def concat_shards(shards: Iterable[tuple[np.ndarray, pa.Table]]) -> tuple[np.nda
         tables.append(table)
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     return emb, pa.concat_tables(tables) if tables else METADATA_SCHEMA.empty_table()
+
+
+def write_embeddings_npy(
+    shards: Iterable[tuple[np.ndarray, pa.Table]], path: str | os.PathLike, count: int, dim: int
+) -> pa.Table:
+    """Stream shards into one float32 `[count, dim]` `.npy` (atomically; memory of one shard) and return
+    the metadata of its rows; `np.load(path, mmap_mode="r")` then reads it without loading it."""
+    tables: list[pa.Table] = []
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": (count, dim)})
+            for emb, table in shards:
+                f.write(np.ascontiguousarray(emb, np.float32).tobytes())
+                tables.append(table)
+        written = sum(t.num_rows for t in tables)
+        if written != count:
+            raise ValueError(f"the shards hold {written} products, not the {count} their reports count")
+
+    write_atomic(Path(path), write)
+    return pa.concat_tables(tables) if tables else METADATA_SCHEMA.empty_table()
