@@ -47,6 +47,7 @@ from clipita.index import (
 from clipita.index.distributed import encode_catalogue, encode_root, iter_parts, process_state
 from clipita.index.embeddings_dataset import write_embeddings_dataset
 from clipita.index.shards import write_embeddings_npy
+from clipita.index.vector_db import DEFAULT_COLLECTION, MilvusIndex, export_to_milvus
 from clipita.loading import check_model_folder, load_model, weights_sha256
 from clipita.schema import PATH_SEPARATOR, synonym_table
 from clipita.tree import CategoryTree, category_nodes
@@ -222,9 +223,16 @@ def read_synonyms(path: str | None) -> dict | None:
     return extra
 
 
+def open_backend(args: argparse.Namespace):
+    """--backend faiss: the index folder; --backend milvus: a collection written by `export` (issue 17)."""
+    if args.backend == "milvus":
+        return MilvusIndex(args.index, args.collection)
+    return CatalogueIndex.load(args.index)
+
+
 def query(args: argparse.Namespace) -> None:
     check_queries(args.queries)
-    index = CatalogueIndex.load(args.index)
+    index = open_backend(args)
     name = args.model or index.manifest.get("model", {}).get("name_or_path")
     if not name:
         raise ValueError(f"the index at {args.index} does not record its model: pass --model")
@@ -248,13 +256,24 @@ def query(args: argparse.Namespace) -> None:
         filters=args.filter,
         synonyms=synonyms,
         node_scoring=args.node_scoring,
+        category=args.category,
     )
-    paths = index.metadata.column("category").to_pylist()
-    answers = [answer(q, hits, args.k, args.filter, paths) for q, hits in zip(args.queries, results)]
+    # P@10 needs every product's category path: the index folder has them, a database is not read whole
+    paths = index.metadata.column("category").to_pylist() if isinstance(index, CatalogueIndex) else []
+    filters = (args.filter or []) + ([f"category: {args.category}"] if args.category else [])
+    answers = [answer(q, hits, args.k, filters, paths) for q, hits in zip(args.queries, results)]
     if args.json:
         print(json.dumps(answers, indent=1, ensure_ascii=False))
     else:
         print("\n\n".join(format_answer(a) for a in answers))
+
+
+def export(args: argparse.Namespace) -> None:
+    """Load an index folder into a Milvus collection (issue 17): a Milvus Lite file or a cluster's URI."""
+    count = export_to_milvus(
+        CatalogueIndex.load(args.index), args.to, args.collection, args.overwrite, args.num_shards
+    )
+    print(f"exported {count} products of {args.index} to {args.to}, collection {args.collection}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -321,7 +340,33 @@ def parser() -> argparse.ArgumentParser:
     add_node_scoring_argument(q, "how a query that names a node scores products")
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
+    # --- the vector database (issue 17)
+    q.add_argument(
+        "--category",
+        default=None,
+        help="keep products on or under this category node, a path from the root ('Home > Kitchen')",
+    )
+    q.add_argument(
+        "--backend",
+        choices=("faiss", "milvus"),
+        default="faiss",
+        help="faiss: --index is an index folder; milvus: --index is a Milvus URI (a Milvus Lite .db file "
+        "or http://host:19530) holding a collection written by `export`",
+    )
+    q.add_argument(
+        "--collection", default=DEFAULT_COLLECTION, help="the Milvus collection (--backend milvus)"
+    )
     q.set_defaults(run=query)
+
+    e = sub.add_parser("export", help="load an index folder into a vector database (Milvus) for serving")
+    e.add_argument("--index", required=True, help="an index folder written by `build`")
+    e.add_argument(
+        "--to", required=True, help="a Milvus URI: a Milvus Lite file (vectors.db) or http://host:19530"
+    )
+    e.add_argument("--collection", default=DEFAULT_COLLECTION, help="the collection to create")
+    e.add_argument("--overwrite", action="store_true", help="replace a collection of that name")
+    e.add_argument("--num_shards", type=int, default=1, help="write shards of the collection (a cluster's)")
+    e.set_defaults(run=export)
     return p
 
 

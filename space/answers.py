@@ -92,7 +92,7 @@ def search_category(variant: Variant, query: str | None, k: Any) -> tuple[list, 
             text,
             k,
             model=variant.model,
-            index=variant.index,
+            index=variant.searcher or variant.index,
             processor=variant.processor,
             node_scoring=variant.node_scoring,
         )[0]

@@ -311,7 +311,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     add_node_scoring_argument(parser, "how a category query that names a node scores products")
+    parser.add_argument(
+        "--backend",
+        choices=("faiss", "milvus"),
+        default="faiss",
+        help="search the index folder (faiss) or a Milvus collection written by `search.py export` (milvus)",
+    )
+    parser.add_argument(
+        "--milvus_uri", default=None, help="--backend milvus: a Milvus Lite file or http://host:19530"
+    )
+    parser.add_argument("--collection", action="append", help="--backend milvus: one collection per --index")
     args = parser.parse_args(argv)
+    if args.backend == "milvus" and not args.milvus_uri:
+        parser.error("--backend milvus needs --milvus_uri")
     args.model = args.model or _from_env(MODEL_ENV)
     args.index = args.index or _from_env(INDEX_ENV)
     if not args.index:
@@ -337,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = variants.load_variants(args.model, args.index, args.catalogue, args.name)
         for variant in loaded:
             variant.node_scoring = args.node_scoring
+        if args.backend == "milvus":
+            from clipita.index.vector_db import DEFAULT_COLLECTION
+
+            variants.serve_from_milvus(loaded, args.milvus_uri, args.collection or [DEFAULT_COLLECTION])
     except (ValueError, OSError) as err:  # missing or mismatched model / index / catalogue: say which
         print(f"error: {err}", file=sys.stderr)
         return 2

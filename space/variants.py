@@ -43,6 +43,7 @@ class Variant:
     category_embeds: np.ndarray  # [num categories, d], L2-normalised
     nodes: list[tuple[str, ...]] | None = None  # the categories as paths, rows of category_embeds
     node_scoring: str = "node"  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
+    searcher: Any = None  # what /search_category searches when not `index`: a vector database (issue 17)
 
     @property
     def logit_scale(self) -> float:
@@ -157,3 +158,28 @@ def load_variants(
         if taken.count(v.name) > 1:
             v.name = f"{v.name} ({v.source})"
     return variants
+
+
+def serve_from_milvus(loaded: Sequence[Variant], uri: str, collections: Sequence[str]) -> None:
+    """Search each variant's products in a Milvus collection (`search.py export`) instead of its FAISS index;
+    the index folder still gives the category tree and the products' metadata. A collection exported from
+    another build (other weights or other products) is refused."""
+    from clipita.index.vector_db import MilvusIndex
+
+    if len(collections) != len(loaded):
+        raise ValueError(f"give one --collection per variant: got {len(collections)} for {len(loaded)}")
+    for variant, collection in zip(loaded, collections):
+        served = MilvusIndex(uri, collection)
+        if variant.node_scoring != "node":
+            raise ValueError(
+                f"--node_scoring {variant.node_scoring} needs the FAISS index: use --backend faiss"
+            )
+        recorded = (variant.index.manifest.get("model") or {}).get("weights_sha256")
+        if recorded:
+            served.check_weights(recorded, f"the index of variant {variant.name}")
+        if len(served) != len(variant.index):
+            raise ValueError(
+                f"{served.path} holds {len(served)} products, the index of variant {variant.name} "
+                f"{len(variant.index)}: export that index again (search.py export --overwrite)"
+            )
+        variant.searcher = served

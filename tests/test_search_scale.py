@@ -16,6 +16,8 @@ import search as search_cli
 from clipita.bootstrap import build_default_model, register_auto_classes
 from clipita.catalogue import generate_catalogue
 from clipita.index import CatalogueIndex
+from clipita.index.vector_db import DEFAULT_COLLECTION
+from clipita.schema import normalise_attribute
 from tests.conftest import TINY_TEXTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def world(tmp_path_factory):
     """(tmp folder, catalogue folder, model folder) with a 32-d untrained model."""
     tmp = tmp_path_factory.mktemp("search_scale")
-    generate_catalogue(tmp / "catalogue", num_products=200, progress=False)
+    generate_catalogue(tmp / "catalogue", num_products=400, progress=False)
     register_auto_classes()
     model, processor = build_default_model(TINY_TEXTS, hidden_size=32, layers=1, image_size=32)
     model.save_pretrained(tmp / "model")
@@ -88,6 +90,7 @@ def test_two_processes_killed_and_resumed_give_the_one_process_index(world, tmp_
     assert top_a == top_b
 
 
+@pytest.mark.slow  # two builds of the tiny catalogue
 def test_build_writes_an_embeddings_dataset_and_an_index_with_lists_on_disk(world, tmp_path, capsys):
     out, vectors = tmp_path / "index", tmp_path / "vectors"
     argv = build_args(world, out, "--embeddings_dataset", str(vectors), "--index_kind", "ivfpq_disk")
@@ -109,3 +112,60 @@ def test_build_writes_an_embeddings_dataset_and_an_index_with_lists_on_disk(worl
     assert search_cli.main([*build_args(world, tmp_path / "x", "--embeddings_dataset", str(vectors)),
                             "--split", "test[:10]"]) == 2  # fmt: skip
     assert "not a dataset split name" in capsys.readouterr().err
+
+
+def answers(capsys, *argv: str) -> list[dict]:
+    capsys.readouterr()
+    assert search_cli.main(["query", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def ids(result: list[dict]) -> list[list[str]]:
+    return [[h["product_id"] for h in a["hits"]] for a in result]
+
+
+@pytest.mark.slow  # a build, a Milvus Lite server, the Space's loader
+def test_milvus_export_answers_as_exact_faiss_search_and_honours_filters(world, tmp_path, capsys):
+    """Milvus Lite, the same pymilvus API as a cluster: recall@10 against the exact FAISS index >= 0.95."""
+    out, db = tmp_path / "index", str(tmp_path / "vectors.db")
+    assert search_cli.main(build_args(world, out)) == 0
+    assert search_cli.main(["export", "--index", str(out), "--to", db]) == 0
+    index = CatalogueIndex.load(out)
+    paths = index.metadata.column("category").to_pylist()
+    leaves = sorted({p[-1] for p in paths})
+    faiss_args, milvus_args = ["--index", str(out)], ["--backend", "milvus", "--index", db]
+
+    exact = ids(answers(capsys, *faiss_args, *leaves))
+    served = served_top = ids(answers(capsys, *milvus_args, *leaves))
+    assert len(leaves) > 10 and all(len(row) == 10 for row in served)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, served)]) >= 0.95
+
+    node = " > ".join(paths[0][:2])  # a middle node, and an attribute some of its products carry
+    attribute = next(a for p, attrs in zip(paths, index.metadata.column("attributes").to_pylist())
+                     if p[:2] == paths[0][:2] for a in attrs if ":" in a)  # fmt: skip
+    wanted = attribute.split(":")[0].upper() + ":" + attribute.split(":", 1)[1]  # filters fold case
+    filters = ["--category", node, "--filter", wanted, "--k", "5"]
+    for result in (
+        answers(capsys, *faiss_args, *filters, *leaves),
+        answers(capsys, *milvus_args, *filters, *leaves),
+    ):
+        for a in result:
+            assert all(" > ".join(h["category"]).startswith(node) for h in a["hits"])
+            assert all(normalise_attribute(attribute) in {normalise_attribute(x) for x in h["attributes"]}
+                       for h in a["hits"])  # fmt: skip
+            assert a["hits"] and (len(a["hits"]) == 5 or a["note"])
+    exact, served = (
+        ids(answers(capsys, *faiss_args, *filters, *leaves)),
+        ids(answers(capsys, *milvus_args, *filters, *leaves)),
+    )
+    assert np.mean([len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(exact, served)]) >= 0.95
+
+    assert search_cli.main(["export", "--index", str(out), "--to", db]) == 2  # no silent overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    from space import answers as space_answers
+    from space import variants  # the Space searches the same collection (--backend milvus)
+
+    loaded = variants.load_variants([None], [str(out)], cache_dir=tmp_path / "space")
+    variants.serve_from_milvus(loaded, db, [DEFAULT_COLLECTION])
+    _, hits, _ = space_answers.search_category(loaded[0], leaves[0], 10)
+    assert [h["product_id"] for h in hits] == served_top[0]

@@ -35,7 +35,7 @@ from clipita.index.kinds import (
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
 from clipita.loading import json_problem
 from clipita.progress import first_line
-from clipita.schema import normalise_attribute, path_text, synonym_table
+from clipita.schema import normalise_attribute, parse_category, path_text, synonym_table
 from clipita.tree import CategoryTree, check_node_scoring, scoring_nodes
 
 MANIFEST_FILE = "manifest.json"
@@ -72,7 +72,50 @@ def _as_metadata_table(metadata: pa.Table | Sequence[dict]) -> pa.Table:
     return pa.Table.from_pylist([metadata_row(r) for r in metadata], METADATA_SCHEMA)
 
 
-class CatalogueIndex:
+class ManifestChecks:
+    """What an index knows from its manifest about the model that built it, and the checks a query model
+    must pass (shared by `CatalogueIndex` and the vector database's `MilvusIndex`)."""
+
+    manifest: dict
+    path: str | None
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def model_name(self) -> str:
+        return (self.manifest.get("model") or {}).get("name_or_path") or "an unrecorded model"
+
+    def check_dim(self, dim: int, model_name: str = "the query model") -> None:
+        """An index built by a model of another dimension is unusable: say which two models disagree."""
+        if dim != self.dim:
+            where = f" at {self.path}" if self.path else ""
+            raise ValueError(
+                f"dimension mismatch: {model_name} gives {dim}-d embeddings but the index{where} holds "
+                f"{self.dim}-d embeddings built by {self.model_name}; rebuild the index with this model"
+            )
+
+    def check_weights(self, sha256: str, model_name: str = "the query model") -> None:
+        """An index answers only for the weights that built it: a model of the same dimension but other
+        weights (another model, or the same folder retrained) would return noise. Indexes older than the
+        weights fingerprint record none and are not checked."""
+        recorded = (self.manifest.get("model") or {}).get("weights_sha256")
+        if recorded and recorded != sha256:
+            where = f" at {self.path}" if self.path else ""
+            raise ValueError(
+                f"model mismatch: the index{where} was built by {self.model_name} with weights "
+                f"{recorded[:12]}, but {model_name} has weights {sha256[:12]}; rebuild the index with this "
+                "model, or pass --allow_model_mismatch"
+            )
+
+
+def category_node_texts(path: Sequence[str]) -> list[str]:
+    """Every node of a category path as text, root first: ["Home", "Home > Kitchen", "Home > Kitchen > Mugs"]."""
+    return [path_text(path[: i + 1]) for i in range(len(path))]
+
+
+class CatalogueIndex(ManifestChecks):
     """A searchable catalogue: FAISS index, the exact embeddings, product metadata and a manifest.
 
     Folder layout: `index.faiss`, `embeddings.npy` (float32 `[N, d]`, memory-mapped on load),
@@ -104,19 +147,11 @@ class CatalogueIndex:
         self._attribute_rows: tuple[list, np.ndarray, np.ndarray] | None = None
 
     @property
-    def dim(self) -> int:
-        return int(self.manifest["embedding_dim"])
-
-    @property
     def kind(self) -> str:
         return self.manifest["index"]["kind"]
 
     def __len__(self) -> int:
         return self.index.ntotal
-
-    @property
-    def model_name(self) -> str:
-        return (self.manifest.get("model") or {}).get("name_or_path") or "an unrecorded model"
 
     @classmethod
     def build(
@@ -239,28 +274,6 @@ class CatalogueIndex:
             )
         return cls(index, embeddings, metadata, manifest, str(path))
 
-    def check_dim(self, dim: int, model_name: str = "the query model") -> None:
-        """An index built by a model of another dimension is unusable: say which two models disagree."""
-        if dim != self.dim:
-            where = f" at {self.path}" if self.path else ""
-            raise ValueError(
-                f"dimension mismatch: {model_name} gives {dim}-d embeddings but the index{where} holds "
-                f"{self.dim}-d embeddings built by {self.model_name}; rebuild the index with this model"
-            )
-
-    def check_weights(self, sha256: str, model_name: str = "the query model") -> None:
-        """An index answers only for the weights that built it: a model of the same dimension but other
-        weights (another model, or the same folder retrained) would return noise. Indexes older than the
-        weights fingerprint record none and are not checked."""
-        recorded = (self.manifest.get("model") or {}).get("weights_sha256")
-        if recorded and recorded != sha256:
-            where = f" at {self.path}" if self.path else ""
-            raise ValueError(
-                f"model mismatch: the index{where} was built by {self.model_name} with weights "
-                f"{recorded[:12]}, but {model_name} has weights {sha256[:12]}; rebuild the index with this "
-                "model, or pass --allow_model_mismatch"
-            )
-
     def rows_matching(self, filters: Sequence[str], synonyms: Mapping | None = None) -> np.ndarray:
         """Sorted row numbers of the products that carry every `key: value` attribute.
 
@@ -286,15 +299,23 @@ class CatalogueIndex:
             rows = np.intersect1d(rows, parents[normalised[positions] == attribute])
         return rows
 
+    def rows_in_category(self, category: str) -> np.ndarray:
+        """Sorted row numbers of the products on or under `category` (a path from the root, " > " apart)."""
+        node = path_text(parse_category(category))
+        paths = self.metadata.column("category").to_pylist()
+        return np.array([i for i, path in enumerate(paths) if node in category_node_texts(path)], np.int64)
+
     def search(
         self,
         query_embeds: np.ndarray,
         k: int = 10,
         filters: Sequence[str] | None = None,
         synonyms: Mapping | None = None,
+        category: str | None = None,
     ) -> list[list[Hit]]:
         """Top-k products per query row; k above the catalogue (or the filtered set) returns all of it:
-        fewer than k hits means fewer products match the filters, never padding with others."""
+        fewer than k hits means fewer products match the filters, never padding with others. `category`
+        ("Home > Kitchen", a path from the root) keeps the products on or under that node."""
         q = np.asarray(query_embeds, dtype=np.float32)
         q = np.ascontiguousarray(q[None, :] if q.ndim == 1 else q)
         if q.ndim != 2:
@@ -302,8 +323,10 @@ class CatalogueIndex:
         self.check_dim(q.shape[1])
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if filters:
-            allowed = self.rows_matching(filters, synonyms)
+        if filters or category:
+            allowed = self.rows_matching(filters or [], synonyms)
+            if category:
+                allowed = np.intersect1d(allowed, self.rows_in_category(category))
             scores, ids = self._search_subset(q, k, allowed)
         else:
             scores, ids = self._search_all(q, min(k, len(self)))
@@ -401,15 +424,20 @@ def search(
     filters: Sequence[str] | None = None,
     synonyms: Mapping | None = None,
     node_scoring: str = "node",
+    category: str | None = None,
 ) -> list[list[Hit]]:
     """Category text(s) -> ranked products per text, via `model.encode_categories` and the index
     (`filters` and `synonyms` as in `CatalogueIndex.search`). ``node_scoring="max_leaf"``: a text that names
     nodes of the index's tree scores a product by the max of its own score and those of the named nodes'
     descendant leaves (`clipita.tree.scoring_nodes`); the top k of that max is exact (each list is a top k)."""
     texts = check_queries(categories)
+    if isinstance(index, (str, os.PathLike)):
+        index = CatalogueIndex.load(index)
     if check_node_scoring(node_scoring) != "node":
         if not isinstance(index, CatalogueIndex):
-            index = CatalogueIndex.load(index)
+            raise ValueError(
+                f"--node_scoring {node_scoring} needs the index folder's category tree, not {index.path}"
+            )
         tree = CategoryTree(index.metadata.column("category").to_pylist())
         nodes = tree.nodes()
         out = []
@@ -420,19 +448,17 @@ def search(
                 for m in scoring_nodes(named, nodes, node_scoring)[1:]
             ]
             lists = search(expanded, k, model=model, index=index, processor=processor, filters=filters,
-                           synonyms=synonyms)  # fmt: skip
+                           synonyms=synonyms, category=category)  # fmt: skip
             best: dict[str, Hit] = {}
             for hit in (h for hits in lists for h in hits):
                 if hit.product_id not in best or hit.score > best[hit.product_id].score:
                     best[hit.product_id] = hit
             out.append(sorted(best.values(), key=lambda h: -h.score)[:k])
         return out
-    if not isinstance(index, CatalogueIndex):
-        index = CatalogueIndex.load(index)
     name = getattr(model, "name_or_path", None) or type(model).__name__
     if (dim := model_dim(model)) is not None:
         index.check_dim(dim, f"model {name}")
     kwargs = {"processor": processor} if processor is not None else {}
     query = model.encode_categories(texts, convert_to_numpy=True, **kwargs)
     index.check_dim(np.asarray(query).shape[-1], f"model {name}")
-    return index.search(query, k, filters, synonyms)
+    return index.search(query, k, filters, synonyms, category=category)
