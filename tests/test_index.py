@@ -432,3 +432,15 @@ def test_ivfpq_with_lists_on_disk_answers_as_the_in_memory_one(tmp_path, monkeyp
     copy = tmp_path / "copy"  # saved elsewhere, the lists go along
     on_disk.save(copy)
     assert [[h.product_id for h in row] for row in CatalogueIndex.load(copy).search(q, k=10)] == ids
+
+
+def test_large_catalogues_search_their_ivf_centroids_through_hnsw(monkeypatch):
+    monkeypatch.setattr(kinds, "HNSW_QUANTIZER_ABOVE", 1000)  # as above 2M products, on 3000
+    emb = clustered(3000)
+    index = CatalogueIndex.build(emb, metadata_for(3000), kind="ivfpq", recall_queries=200, progress=False)
+    params = index.manifest["index"]["params"]
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index.index).quantizer)
+    assert (
+        isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.hnsw.efSearch == params["quantizer_efSearch"]
+    )
+    assert index.manifest["recall"]["recall_at_10_products"] > 0.8

@@ -35,6 +35,9 @@ HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 128
 # IVF-PQ fetches k * this candidates and re-scores them exactly (recall and speed per factor: docs/BENCHMARKS.md)
 IVFPQ_RERANK = 30
+# above this many products the IVF centroids are searched through an HNSW graph: a flat scan of thousands of
+# centroids for each of millions of added vectors would dominate the build
+HNSW_QUANTIZER_ABOVE = 2_000_000
 
 
 def _ivfpq_params(n: int, dim: int, memory_budget_mb: float | None = None) -> dict:
@@ -55,7 +58,10 @@ def _ivfpq_params(n: int, dim: int, memory_budget_mb: float | None = None) -> di
             break
         m = max(d for d in divisors if d < m)
     nprobe = min(nlist, max(8, nlist // 32))
-    return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": IVFPQ_RERANK}
+    params = {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": IVFPQ_RERANK}
+    if n > HNSW_QUANTIZER_ABOVE:  # finding a vector's nearest of thousands of centroids by graph, not scan
+        params["quantizer_efSearch"] = 2 * nprobe
+    return params
 
 
 def estimate_bytes(kind: str, n: int, dim: int, params: dict | None = None) -> int:
@@ -125,12 +131,20 @@ def exact_search(
     chunk = chunk or 10 * CHUNK_ROWS
     if len(x) <= chunk and not isinstance(x, np.memmap):
         return faiss.knn(q, np.ascontiguousarray(x, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
-    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
     for start, rows in iter_chunks(x, chunk):
-        scores, ids = faiss.knn(q, rows, min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(scores, np.where(ids < 0, -1, ids + start))
-    heap.finalize()
-    return heap.D, heap.I
+        kk = min(k, len(rows))
+        for qs in range(0, len(q), 256):  # scores of 256 queries x one chunk at a time
+            part = slice(qs, qs + 256)
+            scores = q[part] @ rows.T
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s[part], np.take_along_axis(scores, top, 1)], axis=1)
+            cand_i = np.concatenate([best_i[part], top + start], axis=1)
+            keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s[part] = np.take_along_axis(cand_s, keep, 1)
+            best_i[part] = np.take_along_axis(cand_i, keep, 1)
+    return best_s, best_i
 
 
 def _train_sample(x: np.ndarray, params: dict, seed: int) -> np.ndarray:
@@ -209,7 +223,8 @@ def build_index(
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
     else:  # on disk, the lists need no memory: the budget does not shrink the codes
         params = _ivfpq_params(n, dim, memory_budget_mb if kind == "ivfpq" else None)
-        spec = f"IVF{params['nlist']},PQ{params['m']}x{params['nbits']}"
+        quantizer = f"_HNSW{HNSW_M}" if "quantizer_efSearch" in params else ""
+        spec = f"IVF{params['nlist']}{quantizer},PQ{params['m']}x{params['nbits']}"
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
         index.do_polysemous_training = False  # only serves Hamming pre-filtering, which is unused; slow
         index.train(_train_sample(x, params, seed))
@@ -227,14 +242,20 @@ def apply_search_params(index: faiss.Index, kind: str, params: dict) -> None:
     if kind == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
     elif kind in IVF_KINDS:
-        faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = params["nprobe"]
+        if "quantizer_efSearch" in params:
+            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = params["quantizer_efSearch"]
 
 
 def search_params(kind: str, params: dict, k: int, selector: faiss.IDSelector | None = None):
     if kind == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=max(params["efSearch"], k), sel=selector)
     if kind in IVF_KINDS:
-        return faiss.SearchParametersIVF(nprobe=params["nprobe"], sel=selector)
+        ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"], sel=selector)
+        if "quantizer_efSearch" in params:
+            ivf.quantizer_params = faiss.SearchParametersHNSW(efSearch=params["quantizer_efSearch"])
+        return ivf
     return faiss.SearchParameters(sel=selector) if selector is not None else None
 
 
