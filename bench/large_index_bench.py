@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     n, nq, single = (200_000, 200, 50) if args.quick else (args.num_products, args.queries, args.single)
+    single = min(single, nq)
     print(f"machine: {machine()}", flush=True)
     print(
         f"command: python bench/large_index_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}"
