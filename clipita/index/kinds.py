@@ -29,6 +29,7 @@ INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq", "ivfpq_disk")
 IVF_KINDS = ("ivfpq", "ivfpq_disk")
 IVF_DATA_FILE = "index.ivfdata"  # the on-disk lists, beside index.faiss
 CHUNK_ROWS = 100_000  # rows read, added or searched at a time
+EXACT_BLOCK_SCORES = 2**23  # exact search holds this many scores (and their int64 positions) at a time
 DEFAULT_EXACT_THRESHOLD = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
@@ -128,15 +129,16 @@ def exact_search(
     x: np.ndarray, q: np.ndarray, k: int, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k, chunk by chunk (a memory-mapped `x` is read, never held, whole)."""
-    chunk = chunk or 10 * CHUNK_ROWS
+    chunk = chunk or CHUNK_ROWS
     if len(x) <= chunk and not isinstance(x, np.memmap):
         return faiss.knn(q, np.ascontiguousarray(x, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
     best_s = np.full((len(q), k), -np.inf, np.float32)
     best_i = np.full((len(q), k), -1, np.int64)
     for start, rows in iter_chunks(x, chunk):
         kk = min(k, len(rows))
-        for qs in range(0, len(q), 256):  # scores of 256 queries x one chunk at a time
-            part = slice(qs, qs + 256)
+        block = max(1, EXACT_BLOCK_SCORES // len(rows))  # queries scored against the chunk at a time
+        for qs in range(0, len(q), block):
+            part = slice(qs, qs + block)
             scores = q[part] @ rows.T
             top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
             cand_s = np.concatenate([best_s[part], np.take_along_axis(scores, top, 1)], axis=1)
