@@ -4,6 +4,8 @@
     python search.py query --index runs/index --k 10 --filter "colour: red" "Mugs"
     python search.py query --index runs/index --json "Home > Kitchen"
     python search.py query --index runs/index --synonyms my_synonyms.json --filter "shade: navy" "Shirts"
+    python search.py export --index runs/index --to runs/vectors.db      # Milvus Lite, or http://host:19530
+    python search.py query --backend milvus --index runs/vectors.db --category "Home > Kitchen" "Mugs"
 
 A query that names a category of the index ("Ceramic Mugs", "Home > Kitchen") gets its P@10 against the
 indexed products' own category paths printed beside the hits. `--filter` matches keys and values whatever
