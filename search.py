@@ -30,7 +30,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 from transformers import AutoConfig
 
 from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args, run_command
@@ -48,6 +47,7 @@ from clipita.index import (
 )
 from clipita.index.distributed import encode_catalogue, encode_root, iter_parts, process_state
 from clipita.index.embeddings_dataset import write_embeddings_dataset
+from clipita.index.kinds import open_embeddings
 from clipita.index.shards import write_embeddings_npy
 from clipita.index.vector_db import DEFAULT_COLLECTION, MilvusIndex, export_to_milvus
 from clipita.loading import check_model_folder, load_model, weights_sha256
@@ -116,7 +116,7 @@ def build(args: argparse.Namespace) -> None:
     metadata = write_embeddings_npy(
         iter_parts(out, world), out / "embeddings.npy", report.encoded, report.dim
     )
-    embeddings = np.load(out / "embeddings.npy", mmap_mode="r")
+    embeddings = open_embeddings(out / "embeddings.npy")
     leaves = sorted({path[-1] for path in metadata.column("category").to_pylist() if path})[:MAX_TEXT_QUERIES]
     text_queries = model.encode_categories(leaves) if leaves else None
     index = CatalogueIndex.build(

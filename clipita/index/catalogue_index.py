@@ -29,7 +29,9 @@ from clipita.index.kinds import (
     build_index,
     estimate_bytes,
     exact_search,
+    gather_rows,
     measure_recall,
+    open_embeddings,
     read_index,
 )
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
@@ -265,7 +267,7 @@ class CatalogueIndex(ManifestChecks):
 
         index = read("index.faiss", read_index)
         apply_search_params(index, manifest["index"]["kind"], manifest["index"]["params"])
-        embeddings = read("embeddings.npy", lambda f: np.load(f, mmap_mode="r"))
+        embeddings = read("embeddings.npy", open_embeddings)
         metadata = read("metadata.parquet", pq.read_table)
         if index.ntotal != len(embeddings) or len(metadata) != len(embeddings):
             raise ValueError(
@@ -335,7 +337,7 @@ class CatalogueIndex(ManifestChecks):
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if rows is None:
             return exact_search(self.embeddings, q, k)
-        emb = np.ascontiguousarray(self.embeddings[rows], dtype=np.float32)
+        emb = np.ascontiguousarray(gather_rows(self.embeddings, rows))
         scores, ids = faiss.knn(q, emb, k, metric=faiss.METRIC_INNER_PRODUCT)
         return scores, rows[ids]
 

@@ -150,12 +150,47 @@ def exact_search(
 
 
 def _train_sample(x: np.ndarray, params: dict, seed: int) -> np.ndarray:
+    """The k-means sample: rows drawn by seed, gathered chunk by chunk from a memory-mapped file (faulting
+    scattered rows of a map in would bring most of the file into this process's memory)."""
     n = len(x)
     rng = np.random.default_rng(seed)
     train_n = min(n, max(39 * params["nlist"], 39 * 2 ** params["nbits"], 50_000))
-    return np.ascontiguousarray(
-        x[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else x, np.float32
-    )
+    if train_n >= n:
+        return np.ascontiguousarray(x, np.float32) if not isinstance(x, np.memmap) else _read_all(x)
+    rows = np.sort(rng.choice(n, train_n, replace=False))
+    if not isinstance(x, np.memmap):
+        return np.ascontiguousarray(x[rows], np.float32)
+    parts = []
+    for start, chunk in iter_chunks(x):
+        lo, hi = np.searchsorted(rows, [start, start + len(chunk)])
+        parts.append(chunk[rows[lo:hi] - start])
+    return np.concatenate(parts)
+
+
+def _read_all(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([chunk for _, chunk in iter_chunks(x)])
+
+
+def open_embeddings(path: str | os.PathLike) -> np.ndarray:
+    """A float32 `.npy` memory-mapped: `iter_chunks` and `gather_rows` read it without mapping it in."""
+    return np.load(path, mmap_mode="r")
+
+
+def gather_rows(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """`x[ids]` as float32. From a memory-mapped `.npy` each distinct row is read with `os.pread` (from the
+    page cache once warm): touching scattered rows of the map would fault whole neighbourhoods of pages
+    into this process's memory, up to the size of the file."""
+    if not (isinstance(x, np.memmap) and x.filename and x.flags.c_contiguous):
+        return np.asarray(x[ids], np.float32)
+    unique, inverse = np.unique(ids, return_inverse=True)
+    row_bytes = x.shape[1] * x.itemsize
+    fd = os.open(x.filename, os.O_RDONLY)
+    try:
+        data = b"".join([os.pread(fd, row_bytes, x.offset + i * row_bytes) for i in unique.tolist()])
+    finally:
+        os.close(fd)
+    rows = np.frombuffer(data, x.dtype).reshape(len(unique), x.shape[1]).astype(np.float32, copy=False)
+    return rows[inverse.reshape(-1)]
 
 
 def _ondisk_ivfpq(trained: faiss.Index, x: np.ndarray, directory: Path, progress: bool) -> faiss.Index:
@@ -276,14 +311,14 @@ def rerank_exact(
     """Re-score candidate ids (-1 = none) with the exact embeddings and keep the best k per query.
 
     Gathers `embeddings[candidates]` in query batches of at most `max_floats` values, so a
-    memory-mapped embeddings file is read only where the candidates are.
+    memory-mapped embeddings file is read only where the candidates are (`gather_rows`).
     """
     scores = np.full((len(q), k), -np.inf, np.float32)
     ids = np.full((len(q), k), -1, np.int64)
     step = max(1, max_floats // max(1, candidates.shape[1] * q.shape[1]))
     for start in range(0, len(q), step):
         cand = candidates[start : start + step]
-        vectors = np.asarray(embeddings[np.maximum(cand, 0).ravel()], np.float32).reshape(*cand.shape, -1)
+        vectors = gather_rows(embeddings, np.maximum(cand, 0).ravel()).reshape(*cand.shape, -1)
         s = np.einsum("qcd,qd->qc", vectors, q[start : start + step])
         s[cand < 0] = -np.inf
         top = np.argsort(-s, axis=1, kind="stable")[:, :k]
