@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(
             f"| {names[r['backend']]} | {r['n']:,} | {r['load_s']:.1f} | {r['disk_mb']:.0f} "
-            f"| {r['qps_False']:,.0f} / {r['qps_batch_False']:,.0f} | {r['recall_False']:.3f} "
-            f"| {r['qps_True']:,.0f} / {r['qps_batch_True']:,.0f} | {r['recall_True']:.3f} | {r['client_rss_mb']:.0f} |"
+            f"| {r['qps_False']:,.1f} / {r['qps_batch_False']:,.1f} | {r['recall_False']:.3f} "
+            f"| {r['qps_True']:,.1f} / {r['qps_batch_True']:,.1f} | {r['recall_True']:.3f} | {r['client_rss_mb']:.0f} |"
         )
 
 
