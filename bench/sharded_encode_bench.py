@@ -1,7 +1,8 @@
-"""Catalogue encoding on 1 process against N processes (`accelerate launch`, CPU, gloo), the same cores.
+"""Catalogue encoding on 1 process against N processes (`accelerate launch`, CPU, gloo).
 
-Runs `search.py build` on a catalogue split, in turns: one process with N torch threads, then N processes
-of one thread each (the same cores), `--rounds` times. A figure is products encoded / wall time of the
+Runs `search.py build` on a catalogue split, in turns: one process with `--threads` torch threads (1 by
+default: on a shared, loaded machine 2 threads ran several times slower than 1, docs/BENCHMARKS.md), then
+N processes of one thread each, `--rounds` times. A figure is products encoded / wall time of the
 whole command (model loading, process start and the index build included); the ratio is taken per round.
 The model is the default from-scratch CLIP-ITA (random weights: speed does not depend on them).
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the single process")
     args = parser.parse_args(argv)
 
     import torch
@@ -97,10 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         n = args.processes
         per_round = []
         for r in range(rounds):
-            one = run_build(str(Path(tmp) / "model"), dataset, args.split, Path(tmp) / f"one-{r}", 1, n)
+            one = run_build(
+                str(Path(tmp) / "model"), dataset, args.split, Path(tmp) / f"one-{r}", 1, args.threads
+            )
             many = run_build(str(Path(tmp) / "model"), dataset, args.split, Path(tmp) / f"many-{r}", n, 1)
             per_round.append((one, many))
-            print(f"  round {r}: 1 process x {n} threads {one[1] / one[0]:.1f} products/s, "
+            print(f"  round {r}: 1 process x {args.threads} threads {one[1] / one[0]:.1f} products/s, "
                   f"{n} processes x 1 thread {many[1] / many[0]:.1f} products/s", flush=True)  # fmt: skip
     products = per_round[0][0][1]
     one_rate = statistics.median(o[1] / o[0] for o, _ in per_round)

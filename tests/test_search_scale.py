@@ -98,7 +98,8 @@ def test_build_writes_an_embeddings_dataset_and_an_index_with_lists_on_disk(worl
     index = CatalogueIndex.load(out)
     assert index.kind == "ivfpq_disk" and (out / "index.ivfdata").is_file()
 
-    loaded = datasets.load_dataset(str(vectors), split="test")  # the Hub layout: data/test-*.parquet + card
+    # the Hub layout: data/test-*.parquet + card (a cache of its own: datasets' cache keys local folders loosely)
+    loaded = datasets.load_dataset(str(vectors), split="test", cache_dir=str(tmp_path / "cache"))
     assert loaded.column_names == ["product_id", "embedding", "title", "category", "attributes"]
     assert loaded.features["embedding"] == datasets.List(datasets.Value("float32"), length=32)
     assert loaded["product_id"] == index.metadata.column("product_id").to_pylist()
