@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| encoding | products/s (median) | wall s per run |")
     print("|---|---:|---|")
     print(
-        f"| 1 process, {n} torch threads | {one_rate:.1f} | {', '.join(f'{o[0]:.1f}' for o, _ in per_round)} |"
+        f"| 1 process, {args.threads} torch thread(s) | {one_rate:.1f} | {', '.join(f'{o[0]:.1f}' for o, _ in per_round)} |"
     )
     print(f"| {n} processes (accelerate launch), 1 thread each | {many_rate:.1f} | "
           f"{', '.join(f'{m[0]:.1f}' for _, m in per_round)} |")  # fmt: skip
