@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from clipita.encoding import softmax_temperature
 from clipita.index import CatalogueIndex
 from clipita.loading import load_model, weights_sha256
 from clipita.schema import path_text
-from clipita.tree import CategoryTree
-from modeling_clipita import MAX_LOGIT_SCALE
+from clipita.tree import DEFAULT_NODE_SCORING, CategoryTree
 
 if __package__:  # imported as space.variants (tests, bench/space_latency.py)
     from space import catalogue_images
@@ -42,12 +42,14 @@ class Variant:
     category_paths: list[str]
     category_embeds: np.ndarray  # [num categories, d], L2-normalised
     nodes: list[tuple[str, ...]] | None = None  # the categories as paths, rows of category_embeds
-    node_scoring: str = "node"  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
+    node_scoring: str = (
+        DEFAULT_NODE_SCORING  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
+    )
     searcher: Any = None  # what /search_category searches when not `index`: a vector database (issue 17)
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp())
+        return 1.0 / softmax_temperature(self.model)
 
 
 def recorded_catalogue(index: CatalogueIndex) -> dict:
