@@ -163,19 +163,18 @@ def load_variants(
 
 
 def serve_from_milvus(loaded: Sequence[Variant], uri: str, collections: Sequence[str]) -> None:
-    """Search each variant's products in a Milvus collection (`search.py export`) instead of its FAISS index;
-    the index folder still gives the category tree and the products' metadata. A collection exported from
-    another build (other weights or other products) is refused."""
+    """Search each variant's products in a Milvus collection (`search.py export`) instead of its FAISS index,
+    by the query text alone (node scoring "node"); the index folder still gives the category tree and the
+    products' metadata. A collection exported from another build (other weights or products) is refused."""
     from clipita.index.vector_db import MilvusIndex
 
     if len(collections) != len(loaded):
         raise ValueError(f"give one --collection per variant: got {len(collections)} for {len(loaded)}")
     for variant, collection in zip(loaded, collections):
         served = MilvusIndex(uri, collection)
-        if variant.node_scoring != "node":
-            raise ValueError(
-                f"--node_scoring {variant.node_scoring} needs the FAISS index: use --backend faiss"
-            )
+        if variant.node_scoring != "node":  # the database ranks by the text alone: it holds no tree
+            logger.warning("variant %s: --backend milvus scores by the query text alone", variant.name)
+            variant.node_scoring = "node"
         recorded = (variant.index.manifest.get("model") or {}).get("weights_sha256")
         if recorded:
             served.check_weights(recorded, f"the index of variant {variant.name}")
