@@ -2,7 +2,7 @@
 
     python eval.py --model DIR [--model DIR2 ...] --dataset DATASET --split test --output outputs/results.json \
         [--baselines bm25[,clip-zero-shot]] [--settings all,general,specific] [--batch_size 64] [--max_queries N] \
-        [--node_scoring node|max_leaf]
+        [--node_scoring tree|max_leaf|node]
 
 Prints a table shaped like the paper's Table 1 and writes results.json:
 
@@ -17,7 +17,7 @@ Prints a table shaped like the paper's Table 1 and writes results.json:
                                split): the mean share of a seen leaf's top 10 taken by products of
                                its unseen sibling leaves, over all seen leaves / those with an unseen sibling}},
      "per_depth": (model runs with a train split) {
-         "node_scoring": "node" | "max_leaf",
+         "node_scoring": "tree" | "max_leaf" | "node",
          "retrieval": {"root" | "depth2" | ... | "leaf": {
              "all" | "seen" | "unseen" | "known_leaves" | "new_leaves": {"P@10", "mAP@10": value in [0, 1],
                                                                         "num_queries": n} or null}},
@@ -42,6 +42,7 @@ from pathlib import Path
 
 from clipita.baselines import BM25Ranker, clip_zero_shot_embeddings, pretrained_towers
 from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args
+from clipita.encoding import softmax_temperature
 from clipita.evaluation import (
     clipita_embeddings,
     clipita_per_depth,
@@ -54,7 +55,7 @@ from clipita.evaluation import (
 )
 from clipita.loading import load_model
 from clipita.results import BASELINES, runs_by_name
-from clipita.tree import LEVELS, CategoryTree, check_node_scoring
+from clipita.tree import DEFAULT_NODE_SCORING, LEVELS, CategoryTree, check_node_scoring
 
 logger = logging.getLogger("eval")
 
@@ -68,7 +69,7 @@ def run_evaluation(
     zero_shot_from: str | None = None,
     batch_size: int = 64,
     device: str | None = None,
-    node_scoring: str = "node",
+    node_scoring: str = DEFAULT_NODE_SCORING,
     **protocol,
 ) -> dict:
     """Evaluate checkpoints and baselines on one split of a catalogue (a `datasets.DatasetDict`; its train
@@ -152,6 +153,7 @@ def run_evaluation(
                 train_paths,
                 processor.category_text,
                 node_scoring,
+                softmax_temperature(model),
             )
         name = Path(str(path).rstrip("/")).name or str(path)
         name = name if name not in names else f"{name} ({len(names)})"

@@ -257,7 +257,7 @@ def query(args: argparse.Namespace) -> None:
         processor=processor,
         filters=args.filter,
         synonyms=synonyms,
-        node_scoring=args.node_scoring,
+        node_scoring=args.node_scoring if args.backend == "faiss" else "node",  # a database holds no tree
         category=args.category,
     )
     # P@10 needs every product's category path: the index folder has them, a database is not read whole
@@ -353,7 +353,8 @@ def parser() -> argparse.ArgumentParser:
         choices=("faiss", "milvus"),
         default="faiss",
         help="faiss: --index is an index folder; milvus: --index is a Milvus URI (a Milvus Lite .db file "
-        "or http://host:19530) holding a collection written by `export`",
+        "or http://host:19530) holding a collection written by `export`; it ranks by the query text alone "
+        "(--node_scoring node)",
     )
     q.add_argument(
         "--collection", default=DEFAULT_COLLECTION, help="the Milvus collection (--backend milvus)"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from clipita.data import PRESETS, CatalogueSchemaError, load_catalogue
 from clipita.schema import PATH_SEPARATOR
-from clipita.tree import NODE_SCORINGS, category_nodes, is_unseen, seen_nodes
+from clipita.tree import DEFAULT_NODE_SCORING, NODE_SCORINGS, category_nodes, is_unseen, seen_nodes
 
 # What a careless user causes (a bad flag value, a missing or existing file, a malformed catalogue): a command
 # line reports these on one line with exit status 2, not as a traceback.
@@ -71,7 +71,7 @@ def add_node_scoring_argument(parser: argparse.ArgumentParser, what: str) -> Non
     parser.add_argument(
         "--node_scoring",
         choices=tuple(NODE_SCORINGS),
-        default="node",
+        default=DEFAULT_NODE_SCORING,
         help=f"{what}; " + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
     )
 

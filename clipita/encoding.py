@@ -250,3 +250,11 @@ def product_encoder(model, processor=None, batch_size: int = 64) -> EncodeBatch:
         )
 
     return encode
+
+
+def softmax_temperature(model) -> float:
+    """The temperature of a CLIP-ITA model's contrastive softmax, 1 / exp(logit_scale) clamped as the loss
+    clamps it: what "tree" node scoring (`clipita.tree.tree_posterior`) reads the category softmax at."""
+    from modeling_clipita import MAX_LOGIT_SCALE
+
+    return float(1.0 / np.exp(min(float(model.logit_scale.detach().float()), MAX_LOGIT_SCALE)))

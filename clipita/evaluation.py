@@ -337,11 +337,13 @@ def per_depth_report(
     product_paths: Sequence[Sequence[str]],
     train_paths: Iterable[Sequence[str]],
     node_scoring: str = "node",
+    temperature: float | None = None,
 ) -> dict:
     """Retrieval and placement at every depth of the tree, so no level's gap hides inside "all".
 
     `nodes`: every node of the catalogue's tree (all splits); each row of `node_embeds` is one. Scores are
-    cosine similarities read through `clipita.tree.node_scores(node_scoring)` (seen descendants only).
+    cosine similarities read through `clipita.tree.node_scores(node_scoring)` (seen descendants only;
+    "tree" needs the model's `temperature`).
     Retrieval, per depth: P@10 / mAP@10 over that depth's queries present in the products, all / seen /
     unseen; for broad (non-leaf) depths also "known_leaves" / "new_leaves": relevance limited to products
     whose leaf was (not) seen in training, the other relevant products taken out of the ranking. Placement,
@@ -353,7 +355,7 @@ def per_depth_report(
     nodes = [tuple(n) for n in nodes]
     paths = [tuple(p) for p in product_paths]
     raw = l2_normalise(node_embeds) @ l2_normalise(product_embeds).T
-    scores = node_scores(raw, nodes, node_scoring, seen)
+    scores = node_scores(raw, nodes, node_scoring, seen, temperature)
     position = {n: i for i, n in enumerate(nodes)}
     leaf_seen = np.array([p in seen for p in paths])
     product_groups = {"known": leaf_seen, "new": ~leaf_seen}
@@ -398,13 +400,26 @@ def per_depth_report(
 
 
 def clipita_per_depth(
-    embeds: np.ndarray, encode_queries: Callable, nodes, product_paths, train_paths, query_text, node_scoring
+    embeds: np.ndarray,
+    encode_queries: Callable,
+    nodes,
+    product_paths,
+    train_paths,
+    query_text,
+    node_scoring,
+    temperature: float | None = None,
 ) -> dict:
     """`per_depth_report` for a CLIP-ITA model's embeddings (NaN rows: skipped products, left out)."""
     kept = np.flatnonzero(~np.isnan(embeds).any(axis=1))
     node_embeds = encode_queries([query_text(n) for n in nodes])
     return per_depth_report(
-        embeds[kept], node_embeds, nodes, [product_paths[i] for i in kept], train_paths, node_scoring
+        embeds[kept],
+        node_embeds,
+        nodes,
+        [product_paths[i] for i in kept],
+        train_paths,
+        node_scoring,
+        temperature,
     )
 
 

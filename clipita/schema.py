@@ -13,8 +13,6 @@ from typing import Any
 
 import datasets
 
-from processing_clipita import attribute_strings
-
 SPLITS = ("train", "validation", "test")
 FEATURES = datasets.Features(
     {
@@ -54,6 +52,10 @@ def parse_attributes(value: Any) -> list[str]:
                 pass
         return [part.strip() for part in text.split(";") if part.strip()]
     if isinstance(value, Mapping) or isinstance(value, Iterable):
+        # imported here: the processor brings torch and transformers, which processes that only read or
+        # generate catalogues (the generator's spawned workers, `python -m clipita.data`) never need
+        from processing_clipita import attribute_strings
+
         return attribute_strings(value)
     return [str(value)]
 

@@ -175,11 +175,16 @@ class PathIndex:
 
 # How a node's score for a product is read at query time. "node": the node's own score (the paper).
 # "max_leaf": the max of the node's own score and its seen descendant leaves' scores, so a broad node ranks
-# a product at least as high as the best leaf of its subtree that training taught.
+# a product at least as high as the best leaf of its subtree that training taught. "tree": max_leaf, then a
+# broad node's score is read against the other nodes of its depth, per product (`tree_posterior`): a product
+# that scores high for every broad node (a hub) no longer tops them all. Leaves keep their own score.
 NODE_SCORINGS = {
     "node": "a node's own score (the paper)",
     "max_leaf": "max of a node's own score and its seen descendant leaves' scores",
+    "tree": "max_leaf, then for a broad node the product's log-probability of that node among the nodes of "
+    "its depth (the model's temperature); leaves keep their own score",
 }
+DEFAULT_NODE_SCORING = "tree"
 
 
 def check_node_scoring(scoring: str) -> str:
@@ -207,7 +212,7 @@ def scoring_nodes(
     leaves among `nodes` that are in `seen` (None: every one)."""
     node = tuple(node)
     if check_node_scoring(scoring) == "node":
-        return [node]
+        return [node]  # "max_leaf" and "tree" both start from the max over the subtree's seen leaves
     below = [
         leaf
         for leaf in leaves_of(nodes)
@@ -217,10 +222,15 @@ def scoring_nodes(
 
 
 def node_scores(
-    scores: np.ndarray, nodes: Sequence[Node], scoring: str, seen: set[Node] | None = None
+    scores: np.ndarray,
+    nodes: Sequence[Node],
+    scoring: str,
+    seen: set[Node] | None = None,
+    temperature: float | None = None,
 ) -> np.ndarray:
     """Hierarchy-consistent scores [len(nodes), N] from raw scores [len(nodes), N] (row i: node i's score of
-    each product): each row the max over its `scoring_nodes`."""
+    each product): each row the max over its `scoring_nodes`; under "tree" then `tree_posterior`, which
+    needs the model's softmax `temperature`."""
     nodes = [tuple(n) for n in nodes]
     if check_node_scoring(scoring) == "node":
         return scores
@@ -230,7 +240,32 @@ def node_scores(
         rows = [position[m] for m in scoring_nodes(node, nodes, scoring, seen)]
         if len(rows) > 1:
             out[i] = np.max(scores[rows], axis=0)
+    if scoring == "tree":
+        if temperature is None or not temperature > 0:
+            raise ValueError(f'node scoring "tree" needs the model\'s temperature (> 0), got {temperature!r}')
+        out = tree_posterior(out, nodes, temperature)
     return out
+
+
+def tree_posterior(scores: np.ndarray, nodes: Sequence[Node], temperature: float) -> np.ndarray:
+    """Broad nodes' rows [len(nodes), N] -> temperature * log P(node | product), the softmax over the
+    nodes of the same depth at the model's temperature (the product -> category side of the training
+    loss); leaves' rows unchanged. Per product it subtracts one constant per depth, so a product's best
+    node at a depth, and its best root -> leaf path, stay the same: only the ranking of products changes."""
+    nodes = [tuple(n) for n in nodes]
+    broad = {n[:-1] for n in nodes if len(n) > 1}
+    out = np.array(scores, dtype=np.float64, copy=True)
+    by_depth: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        by_depth[len(n)].append(i)
+    for rows in by_depth.values():
+        x = out[rows] / temperature
+        top = x.max(axis=0)
+        log_z = temperature * (top + np.log(np.exp(x - top).sum(axis=0)))  # [N]
+        for i in rows:
+            if nodes[i] in broad:
+                out[i] = out[i] - log_z
+    return out.astype(np.asarray(scores).dtype, copy=False)
 
 
 def rank_paths(scores: np.ndarray, nodes: Sequence[Node], top: int = 5) -> tuple[list[Node], np.ndarray]:

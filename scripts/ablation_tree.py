@@ -19,7 +19,7 @@ import numpy as np
 
 from clipita.results import check_result
 
-ROW_ORDER = ("paper", "paper + max_leaf", "broad dropout", "broad dropout + max_leaf")
+ROW_ORDER = ("paper", "paper + max_leaf", "paper + tree", "broad dropout", "broad dropout + tree")
 
 
 def columns(report: dict) -> list[tuple[str, tuple[str, ...]]]:

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue 13 ablation: new product types under the right parent, on BOTH generated catalogues (the demo one
 # and `python -m clipita.catalogue --layout hard`), per depth, seen / unseen, new / known product types.
-# Rows: the paper's loss; the paper's loss read with --node_scoring max_leaf; --broad_dropout; broad dropout
-# + max_leaf. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean
-# and the spread (min-max) over seeds (levels with few queries are noisy).
+# Rows: the paper's loss read with each --node_scoring (node: the paper; max_leaf; tree: the default), and
+# --broad_dropout read with node and tree. Every row is trained / evaluated for each seed; docs/ablation_tree.md
+# and .png show the mean and the spread (min-max) over seeds (levels with few queries are noisy).
 #   bash scripts/ablation_tree.sh                                   # seeds 0,1,2, train.py's default budget
 #   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
 # Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),
 # BROAD_DROPOUT (default title:0.5,image:0.5), TREE_ABLATION_DOCS (default docs; where table and plot go).
-# A finished run (its model.safetensors exists) is not trained again: delete its folder to redo it.
+# A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
+# evaluated again: delete the folder / the result to redo it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && . .venv/bin/activate
@@ -46,8 +47,13 @@ train() {  # dataset-name dataset run-name seed flags...
 
 evaluate() {  # dataset-name dataset run-name seed node-scoring row-name
   local ds=$1 data=$2 name=$3 seed=$4 scoring=$5 row=$6
+  local out="$OUT/$ds/results/$row-s$seed.json"
+  if [ -f "$out" ] && [ "$out" -nt "$OUT/$ds/$name-s$seed/model.safetensors" ]; then
+    echo "== $ds $row seed $seed: already evaluated in $out"
+    return
+  fi
   python eval.py --dataset "$data" --split test --baselines none --settings all \
-    --model "$OUT/$ds/$name-s$seed" --node_scoring "$scoring" --output "$OUT/$ds/results/$row-s$seed.json"
+    --model "$OUT/$ds/$name-s$seed" --node_scoring "$scoring" --output "$out"
 }
 
 for pair in "demo:demo" "hard:$HARD"; do
@@ -58,8 +64,9 @@ for pair in "demo:demo" "hard:$HARD"; do
     train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD"
     evaluate "$ds" "$data" paper "$seed" node "paper"
     evaluate "$ds" "$data" paper "$seed" max_leaf "paper + max_leaf"
+    evaluate "$ds" "$data" paper "$seed" tree "paper + tree"
     evaluate "$ds" "$data" broad-dropout "$seed" node "broad dropout"
-    evaluate "$ds" "$data" broad-dropout "$seed" max_leaf "broad dropout + max_leaf"
+    evaluate "$ds" "$data" broad-dropout "$seed" tree "broad dropout + tree"
   done
 done
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from clipita.encoding import softmax_temperature
 from clipita.index import CatalogueIndex
 from clipita.loading import load_model, weights_sha256
 from clipita.schema import path_text
-from clipita.tree import CategoryTree
-from modeling_clipita import MAX_LOGIT_SCALE
+from clipita.tree import DEFAULT_NODE_SCORING, CategoryTree
 
 if __package__:  # imported as space.variants (tests, bench/space_latency.py)
     from space import catalogue_images
@@ -42,12 +42,14 @@ class Variant:
     category_paths: list[str]
     category_embeds: np.ndarray  # [num categories, d], L2-normalised
     nodes: list[tuple[str, ...]] | None = None  # the categories as paths, rows of category_embeds
-    node_scoring: str = "node"  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
+    node_scoring: str = (
+        DEFAULT_NODE_SCORING  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
+    )
     searcher: Any = None  # what /search_category searches when not `index`: a vector database (issue 17)
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp())
+        return 1.0 / softmax_temperature(self.model)
 
 
 def recorded_catalogue(index: CatalogueIndex) -> dict:
@@ -161,19 +163,18 @@ def load_variants(
 
 
 def serve_from_milvus(loaded: Sequence[Variant], uri: str, collections: Sequence[str]) -> None:
-    """Search each variant's products in a Milvus collection (`search.py export`) instead of its FAISS index;
-    the index folder still gives the category tree and the products' metadata. A collection exported from
-    another build (other weights or other products) is refused."""
+    """Search each variant's products in a Milvus collection (`search.py export`) instead of its FAISS index,
+    by the query text alone (node scoring "node"); the index folder still gives the category tree and the
+    products' metadata. A collection exported from another build (other weights or products) is refused."""
     from clipita.index.vector_db import MilvusIndex
 
     if len(collections) != len(loaded):
         raise ValueError(f"give one --collection per variant: got {len(collections)} for {len(loaded)}")
     for variant, collection in zip(loaded, collections):
         served = MilvusIndex(uri, collection)
-        if variant.node_scoring != "node":
-            raise ValueError(
-                f"--node_scoring {variant.node_scoring} needs the FAISS index: use --backend faiss"
-            )
+        if variant.node_scoring != "node":  # the database ranks by the text alone: it holds no tree
+            logger.warning("variant %s: --backend milvus scores by the query text alone", variant.name)
+            variant.node_scoring = "node"
         recorded = (variant.index.manifest.get("model") or {}).get("weights_sha256")
         if recorded:
             served.check_weights(recorded, f"the index of variant {variant.name}")

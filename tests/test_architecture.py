@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from collections import defaultdict
 from functools import cache
@@ -223,3 +224,15 @@ def test_the_checker_sees_imports_inside_functions_and_siblings():
     assert "bench._machine" in imports_of("bench.flops")[0]
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph, set(graph)) == [["a", "b", "c"]]
+
+
+def test_catalogue_and_data_modules_import_without_torch():
+    """The catalogue generator's spawned workers and `python -m clipita.data` import these: torch and
+    transformers (seconds of CPU per process) must stay out of them."""
+    code = (
+        "import sys, clipita.catalogue, clipita.data, clipita.schema, clipita.tree\n"
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -5,7 +5,15 @@ import pytest
 
 from clipita.evaluation import format_per_depth, per_depth_report, suggest_paths
 from clipita.results import ResultsError, check_result
-from clipita.tree import depth_name, leaves_of, node_scores, rank_paths, ranked_prefixes, scoring_nodes
+from clipita.tree import (
+    depth_name,
+    leaves_of,
+    node_scores,
+    rank_paths,
+    ranked_prefixes,
+    scoring_nodes,
+    tree_posterior,
+)
 
 NODES = [("A",), ("A", "x"), ("A", "x", "1"), ("A", "x", "2"), ("A", "y"), ("A", "y", "3"), ("B",), ("B", "z"),
          ("B", "z", "4")]  # fmt: skip
@@ -36,6 +44,37 @@ def test_max_leaf_scores_are_the_max_over_seen_descendant_leaves():
     np.testing.assert_allclose(out[1], np.maximum(raw[1], raw[2]))
     np.testing.assert_allclose(out[6], raw[6])  # B: no seen leaf below
     np.testing.assert_allclose(out[2:4], raw[2:4])  # leaves keep their own scores
+
+
+def test_tree_scoring_ranks_a_broad_node_by_the_products_posterior_and_keeps_leaves_and_placement():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(scale=0.3, size=(len(NODES), 6))
+    seen = {("A", "x", "1"), ("A", "y", "3"), ("B", "z", "4")}
+    tau = 0.07
+    out = node_scores(raw, NODES, "tree", seen, temperature=tau)
+    max_leaf = node_scores(raw, NODES, "max_leaf", seen)
+    roots, middles = [0, 6], [1, 4, 7]
+    for rows in (roots, middles):  # tau * log softmax over the nodes of the depth, per product
+        x = max_leaf[rows] / tau
+        expected = tau * (x - np.log(np.exp(x).sum(axis=0)))
+        np.testing.assert_allclose(out[rows], expected, atol=1e-9)
+    leaves = [2, 3, 5, 8]
+    np.testing.assert_allclose(out[leaves], raw[leaves])  # leaves keep their own score
+    for rows in (roots, middles):  # per product a constant per depth: its best node does not change
+        assert (out[rows].argmax(axis=0) == max_leaf[rows].argmax(axis=0)).all()
+    with pytest.raises(ValueError, match="needs the model's temperature"):
+        node_scores(raw, NODES, "tree", seen)
+
+
+def test_tree_scoring_stops_a_hub_product_from_topping_every_broad_node():
+    """Product 0 is close to every root (a hub); products 1 and 2 each belong clearly to one root. By the raw
+    score the hub tops both roots; read against its own depth it ranks below each root's own product."""
+    roots = [("A",), ("B",)]
+    raw = np.array([[0.60, 0.50, 0.10], [0.60, 0.10, 0.50]])
+    assert raw[0].argmax() == 0 and raw[1].argmax() == 0
+    nodes = [*roots, ("A", "x"), ("B", "y")]
+    scores = tree_posterior(np.vstack([raw, raw]), nodes, 0.07)
+    assert scores[0].argmax() == 1 and scores[1].argmax() == 2
 
 
 def test_rank_paths_scores_a_path_by_the_mean_of_its_nodes():
@@ -79,6 +118,11 @@ def test_per_depth_report_splits_depths_groups_and_scorings():
     check_result(result)
     text = format_per_depth({"m": result})
     assert "| depth2 |" in text and "node: new" in text
+    tree = per_depth_report(
+        product_embeds, node_embeds, NODES, product_paths, train_paths, "tree", temperature=0.07
+    )
+    assert tree["node_scoring"] == "tree" and tree["retrieval"]["leaf"] == node["retrieval"]["leaf"]
+    assert tree["placement"] == max_leaf["placement"]  # "tree" re-ranks products, never a product's node
 
 
 def test_per_depth_results_are_checked():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import search as search_cli
@@ -181,7 +182,9 @@ def test_max_leaf_node_scoring_ranks_a_broad_query_by_its_best_leaf(built, capsy
     paths = CatalogueIndex.load(index).metadata.column("category").to_pylist()
     root = paths[0][0]
     leaves = sorted({" > ".join(p) for p in paths if p[0] == root})
-    every = [run_query(capsys, index, "--k", "100000", text) for text in [root, *leaves]]
+    every = [
+        run_query(capsys, index, "--k", "100000", "--node_scoring", "node", text) for text in [root, *leaves]
+    ]
     best = {}
     for rows in every:
         for r in rows:
@@ -189,3 +192,26 @@ def test_max_leaf_node_scoring_ranks_a_broad_query_by_its_best_leaf(built, capsy
     rows = run_query(capsys, index, "--k", "5", "--node_scoring", "max_leaf", root)
     expected = sorted(best.items(), key=lambda kv: -kv[1])[:5]
     assert [r["score"] for r in rows] == pytest.approx([s for _, s in expected], abs=1e-5)
+
+
+def test_tree_node_scoring_by_default_equals_the_dense_tree_scores(built, capsys):
+    """The default "tree" scoring of a broad query: on an index under TREE_CANDIDATES products every product
+    is re-scored, so its top k equals `clipita.tree.node_scores` over the dense [nodes, products] scores."""
+    tmp, index, _ = built
+    from clipita.encoding import softmax_temperature
+    from clipita.index import CatalogueIndex
+    from clipita.index.catalogue_index import TREE_CANDIDATES
+    from clipita.loading import load_model
+    from clipita.tree import node_scores
+
+    loaded = CatalogueIndex.load(index)
+    assert len(loaded) < TREE_CANDIDATES
+    model, _ = load_model(tmp / "model32")
+    nodes = loaded.category_tree().nodes()
+    raw = model.encode_categories([list(n) for n in nodes]) @ np.asarray(loaded.embeddings).T
+    dense = node_scores(raw, nodes, "tree", temperature=softmax_temperature(model))
+    for node in (nodes[0], next(n for n in nodes if len(n) == 2)):
+        rows = run_query(capsys, index, "--k", "5", " > ".join(node))
+        expected = np.sort(dense[nodes.index(node)])[::-1][:5]
+        assert [r["score"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert all(r["score"] < 0 for r in rows)  # temperature * log P(node | product) < 0

@@ -8,7 +8,8 @@ import importlib.metadata
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clipita.encoding import softmax_temperature
 from clipita.fileio import write_atomic, write_json
 from clipita.index.kinds import (
     DEFAULT_EXACT_THRESHOLD,
@@ -38,7 +40,7 @@ from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
 from clipita.loading import json_problem
 from clipita.progress import first_line
 from clipita.schema import normalise_attribute, parse_category, path_text, synonym_table
-from clipita.tree import CategoryTree, check_node_scoring, scoring_nodes
+from clipita.tree import CategoryTree, check_node_scoring, node_scores, scoring_nodes
 
 MANIFEST_FILE = "manifest.json"
 
@@ -147,6 +149,8 @@ class CatalogueIndex(ManifestChecks):
         self.manifest = manifest
         self.path = path
         self._attribute_rows: tuple[list, np.ndarray, np.ndarray] | None = None
+        self._tree: CategoryTree | None = None
+        self._node_embeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @property
     def kind(self) -> str:
@@ -318,6 +322,18 @@ class CatalogueIndex(ManifestChecks):
         """Top-k products per query row; k above the catalogue (or the filtered set) returns all of it:
         fewer than k hits means fewer products match the filters, never padding with others. `category`
         ("Home > Kitchen", a path from the root) keeps the products on or under that node."""
+        scores, ids = self.search_rows(query_embeds, k, filters, synonyms, category)
+        return [self.hits(s, i) for s, i in zip(scores, ids)]
+
+    def search_rows(
+        self,
+        query_embeds: np.ndarray,
+        k: int = 10,
+        filters: Sequence[str] | None = None,
+        synonyms: Mapping | None = None,
+        category: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` as (scores, row ids) arrays [Q, <=k]; an id of -1 is no product."""
         q = np.asarray(query_embeds, dtype=np.float32)
         q = np.ascontiguousarray(q[None, :] if q.ndim == 1 else q)
         if q.ndim != 2:
@@ -329,10 +345,22 @@ class CatalogueIndex(ManifestChecks):
             allowed = self.rows_matching(filters or [], synonyms)
             if category:
                 allowed = np.intersect1d(allowed, self.rows_in_category(category))
-            scores, ids = self._search_subset(q, k, allowed)
-        else:
-            scores, ids = self._search_all(q, min(k, len(self)))
-        return [self._hits(s, i) for s, i in zip(scores, ids)]
+            return self._search_subset(q, k, allowed)
+        return self._search_all(q, min(k, len(self)))
+
+    def node_embeddings(self, model: Any, processor: Any, encode: Callable[[], np.ndarray]) -> np.ndarray:
+        """The embeddings of every node of `category_tree()` under (model, processor): `encode()` once,
+        then kept for as long as the model lives."""
+        cached = self._node_embeds.get(model)
+        if cached is None or cached[0] is not processor:
+            cached = self._node_embeds[model] = (processor, encode())
+        return cached[1]
+
+    def category_tree(self) -> CategoryTree:
+        """The tree of the indexed products' category paths (built once)."""
+        if self._tree is None:
+            self._tree = CategoryTree(self.metadata.column("category").to_pylist())
+        return self._tree
 
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if rows is None:
@@ -365,7 +393,8 @@ class CatalogueIndex(ManifestChecks):
             scores[short], ids[short] = self._exact(q[short], k, allowed)
         return scores, ids
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        """Row ids and their scores -> `Hit`s (ids of -1 left out)."""
         keep = ids >= 0
         rows = self.metadata.take(pa.array(ids[keep])).to_pylist()
         return [Hit(score=float(s), **row) for s, row in zip(scores[keep], rows)]
@@ -416,6 +445,13 @@ def check_queries(categories: str | Sequence[str]) -> list[str]:
     return texts
 
 
+# Under "tree" node scoring, about how many products are re-scored for a query: the top of the named node's
+# list and of each of its scoring leaves' lists, each list at least k long. The re-scoring is exact on them;
+# a product in none of those lists is not considered (evaluation, which scores every product, measures the
+# dense ranking).
+TREE_CANDIDATES = 1000
+
+
 def search(
     categories: str | Sequence[str],
     k: int = 10,
@@ -429,38 +465,55 @@ def search(
     category: str | None = None,
 ) -> list[list[Hit]]:
     """Category text(s) -> ranked products per text, via `model.encode_categories` and the index
-    (`filters` and `synonyms` as in `CatalogueIndex.search`). ``node_scoring="max_leaf"``: a text that names
-    nodes of the index's tree scores a product by the max of its own score and those of the named nodes'
-    descendant leaves (`clipita.tree.scoring_nodes`); the top k of that max is exact (each list is a top k)."""
+    (`filters` and `synonyms` as in `CatalogueIndex.search`). A text that names nodes of the index's tree
+    is scored under ``node_scoring`` (`clipita.tree.node_scores`; its score is the best of the nodes it
+    names): "max_leaf" is exact (each leaf's list is a top k), "tree" re-scores the union of the named
+    nodes' and their leaves' top `TREE_CANDIDATES` lists. Other texts, and "node", score by the text."""
     texts = check_queries(categories)
     if isinstance(index, (str, os.PathLike)):
         index = CatalogueIndex.load(index)
-    if check_node_scoring(node_scoring) != "node":
-        if not isinstance(index, CatalogueIndex):
-            raise ValueError(
-                f"--node_scoring {node_scoring} needs the index folder's category tree, not {index.path}"
-            )
-        tree = CategoryTree(index.metadata.column("category").to_pylist())
-        nodes = tree.nodes()
-        out = []
-        for text in texts:
-            expanded = [text] + [
-                path_text(m)
-                for named in tree.nodes_named(text)
-                for m in scoring_nodes(named, nodes, node_scoring)[1:]
-            ]
-            lists = search(expanded, k, model=model, index=index, processor=processor, filters=filters,
-                           synonyms=synonyms, category=category)  # fmt: skip
-            best: dict[str, Hit] = {}
-            for hit in (h for hits in lists for h in hits):
-                if hit.product_id not in best or hit.score > best[hit.product_id].score:
-                    best[hit.product_id] = hit
-            out.append(sorted(best.values(), key=lambda h: -h.score)[:k])
-        return out
     name = getattr(model, "name_or_path", None) or type(model).__name__
     if (dim := model_dim(model)) is not None:
         index.check_dim(dim, f"model {name}")
     kwargs = {"processor": processor} if processor is not None else {}
-    query = model.encode_categories(texts, convert_to_numpy=True, **kwargs)
-    index.check_dim(np.asarray(query).shape[-1], f"model {name}")
-    return index.search(query, k, filters, synonyms, category=category)
+
+    def encode(items: Sequence) -> np.ndarray:
+        query = np.asarray(model.encode_categories(list(items), convert_to_numpy=True, **kwargs))
+        index.check_dim(query.shape[-1], f"model {name}")
+        return query
+
+    if check_node_scoring(node_scoring) == "node":
+        return index.search(encode(texts), k, filters, synonyms, category=category)
+    if not isinstance(index, CatalogueIndex):  # a vector database holds no tree
+        raise ValueError(
+            f"--node_scoring {node_scoring} needs the index folder's category tree, not {index.path}"
+        )
+    tree = index.category_tree()
+    out = []
+    for text in texts:
+        named = tree.nodes_named(text)
+        if not named:
+            out += index.search(encode([text]), k, filters, synonyms, category=category)
+            continue
+        lists = list(dict.fromkeys(m for n in named for m in scoring_nodes(n, tree.nodes(), node_scoring)))
+        if node_scoring == "tree":  # a broad node is read against every node of its depth
+            nodes = tree.nodes()
+            node_embeds = index.node_embeddings(
+                model, processor, lambda: encode([list(n) for n in tree.nodes()])
+            )
+        else:  # max_leaf: the named nodes and their leaves are enough
+            nodes = lists
+            node_embeds = encode([list(n) for n in nodes])
+        position = {n: i for i, n in enumerate(nodes)}
+        fetch = max(k, TREE_CANDIDATES // len(lists)) if node_scoring == "tree" else k
+        _, ids = index.search_rows(
+            node_embeds[[position[m] for m in lists]], fetch, filters, synonyms, category
+        )
+        rows = np.unique(ids[ids >= 0])
+        raw = node_embeds @ gather_rows(index.embeddings, rows).T  # [nodes, candidates]
+        temperature = softmax_temperature(model) if node_scoring == "tree" else None
+        scores = node_scores(raw, nodes, node_scoring, temperature=temperature)
+        best = scores[[position[n] for n in named]].max(axis=0)  # a text naming several nodes: the best
+        top = np.argsort(-best, kind="stable")[:k]
+        out.append(index.hits(best[top], rows[top]))
+    return out
