@@ -274,13 +274,45 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
 
+    def _unique_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """`get_text_features` run once per distinct (ids, mask) row and scattered back to every row.
+
+        Category names and attribute strings repeat inside a batch (pairs share a node, many products are
+        "colour: red"); a row's output does not depend on the other rows, so outputs and gradients are
+        those of encoding every row (duplicates' gradients sum through the scatter). Off with
+        `config.deduplicate_texts=False`, and while the text tower draws dropout masks in training (a
+        duplicate would share its copy's mask).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        dropout = self.config.clip_config.text_config.attention_dropout
+        if not self.config.deduplicate_texts or (self.training and dropout > 0):
+            return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+        rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        if unique.shape[0] == rows.shape[0]:
+            return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+        length = input_ids.shape[1]
+        text = self.get_text_features(unique[:, :length], unique[:, length:], return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            **{
+                key: tuple(t[inverse] for t in value) if isinstance(value, tuple) else value[inverse]
+                for key, value in text.items()
+            }
+        )
+
     # ----- CLIP-ITA features: L2-normalised tensors in the shared space -----
 
     def get_category_features(
         self, category_input_ids: torch.Tensor, category_attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Category name -> text tower -> category head, L2-normalised `(num_categories, projection_dim)`."""
-        text = self.get_text_features(category_input_ids, category_attention_mask, return_dict=True)
+        text = self._unique_text_features(category_input_ids, category_attention_mask)
         return self._category_head(text.pooler_output)
 
     def _category_head(self, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -323,9 +355,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             flat_ids = attribute_input_ids[attribute_mask]
             flat_mask = attribute_attention_mask[attribute_mask]
             length = int(flat_mask.sum(dim=-1).max())  # drop padding columns no attribute uses
-            text = self.get_text_features(
-                flat_ids[:, :length], flat_mask[:, :length], return_dict=True, **kwargs
-            )
+            text = self._unique_text_features(flat_ids[:, :length], flat_mask[:, :length], **kwargs)
             features = self.attribute_projection(text.pooler_output)
             embeds = embeds.masked_scatter(attribute_mask.unsqueeze(-1), features.to(embeds.dtype))
         return self.attribute_pooler(embeds, attribute_mask), text
@@ -355,9 +385,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             towers["image"] = self.get_image_features(pixel_values, return_dict=True, **kwargs)
             embeds["image"] = towers["image"].pooler_output
         if "title" in self.config.product_modalities:
-            towers["title"] = self.get_text_features(
-                title_input_ids, title_attention_mask, return_dict=True, **kwargs
-            )
+            towers["title"] = self._unique_text_features(title_input_ids, title_attention_mask, **kwargs)
             embeds["title"] = towers["title"].pooler_output
         if "attributes" in self.config.product_modalities:
             embeds["attributes"], towers["attributes"] = self._encode_attributes(
@@ -425,9 +453,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             **kwargs,
         )
         product_embeds = self._fuse(modality)
-        category_output = self.get_text_features(
-            category_input_ids, category_attention_mask, return_dict=True, **kwargs
-        )
+        category_output = self._unique_text_features(category_input_ids, category_attention_mask, **kwargs)
         category_embeds = self._category_head(category_output.pooler_output)
         logit_scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         logits_per_category = logit_scale * category_embeds @ product_embeds.t()
