@@ -178,10 +178,19 @@ def without_deduplication(model):
     return model
 
 
+def one_bucket_per_length(model):
+    """Every distinct length its own text-tower call: the most buckets, as a long text among short ones makes."""
+    model._text_call_cost = lambda: 0
+    return model
+
+
+@pytest.mark.parametrize("buckets", ["chosen", "one per length"])
 @pytest.mark.parametrize("loss_type", ["infonce", "multi_positive"])
-def test_unique_text_encoding_gives_the_same_loss_and_gradients(loss_type):
-    """Each distinct category name / attribute string encoded once: same step, fewer text-tower rows."""
+def test_unique_text_encoding_gives_the_same_loss_and_gradients(loss_type, buckets):
+    """Each distinct text encoded once, in length buckets: same step, fewer text-tower rows."""
     model, processor = tiny_model(loss_type=loss_type)
+    if buckets == "one per length":
+        one_bucket_per_length(model)
     batch = fixed_batch(model, processor)  # "general": 3 roots for 8 pairs, so category names repeat
     real = batch["attribute_mask"].bool()
     assert torch.unique(batch["category_input_ids"], dim=0).shape[0] < batch["category_input_ids"].shape[0]
@@ -201,22 +210,49 @@ def test_unique_text_encoding_gives_the_same_loss_and_gradients(loss_type):
         assert_same_gradients(expected, grads)
 
 
-def test_unique_text_encoding_keeps_every_rows_outputs():
+@pytest.mark.parametrize("per_token", [False, True])
+def test_unique_text_encoding_keeps_every_rows_outputs(per_token):
+    """Length buckets (and, when hidden states are asked for, one call on the distinct rows) give every
+    row the output it gets alone, at each of its real tokens."""
     model, processor = tiny_model()
+    one_bucket_per_length(model)
     batch = fixed_batch(model, processor)
     inputs = {k: v for k, v in batch.items() if k != "category_ids"}
     model.eval()
     with torch.no_grad():
-        unique = model(**inputs, output_hidden_states=True)
-        every = without_deduplication(model)(**inputs, output_hidden_states=True)
-    for name in ("category_model_output", "attribute_model_output", "title_model_output"):
+        unique = model(**inputs, output_hidden_states=per_token)
+        every = without_deduplication(model)(**inputs, output_hidden_states=per_token)
+    real = batch["attribute_mask"].bool()
+    masks = {
+        "category_model_output": batch["category_attention_mask"],
+        "attribute_model_output": batch["attribute_attention_mask"][real],
+        "title_model_output": batch["title_attention_mask"],
+    }
+    for name, mask in masks.items():
         ours, theirs = unique[name], every[name]
         assert ours.keys() == theirs.keys()
-        torch.testing.assert_close(ours.last_hidden_state, theirs.last_hidden_state)
+        assert ours.last_hidden_state.shape == theirs.last_hidden_state.shape
+        tokens = mask[:, : ours.last_hidden_state.shape[1]].bool()
+        torch.testing.assert_close(ours.last_hidden_state[tokens], theirs.last_hidden_state[tokens])
         torch.testing.assert_close(ours.pooler_output, theirs.pooler_output)
-        assert len(ours.hidden_states) == len(theirs.hidden_states)
-        torch.testing.assert_close(ours.hidden_states[-1], theirs.hidden_states[-1])
+        if per_token:
+            assert len(ours.hidden_states) == len(theirs.hidden_states)
+            torch.testing.assert_close(ours.hidden_states[-1], theirs.hidden_states[-1])
     torch.testing.assert_close(unique.logits_per_category, every.logits_per_category)
+
+
+def test_length_buckets_cut_padding():
+    """Titles of different lengths go through the tower in groups, each cut to its longest: fewer tokens."""
+    model, processor = tiny_model()
+    titles = [f"short {i}" for i in range(30)] + [" ".join(["long"] * 20 + [str(i)]) for i in range(4)]
+    batch = processor(titles=titles, return_tensors="pt")
+    tokens = []
+    model.clip.text_model.register_forward_pre_hook(
+        lambda _m, args, kwargs: tokens.append((args[0] if args else kwargs["input_ids"]).numel()),
+        with_kwargs=True,
+    )
+    model._unique_text_features(batch["title_input_ids"], batch["title_attention_mask"])
+    assert len(tokens) == 2 and sum(tokens) < batch["title_input_ids"].numel()
 
 
 def test_encode_categories_encodes_each_distinct_name_once():
