@@ -347,14 +347,18 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             )
             order.append(rows_of_bucket)
             pooled.append(text.pooler_output)
-            hidden.append(F.pad(text.last_hidden_state, (0, 0, 0, length - bucket_length)))
+            state = (
+                text.last_hidden_state
+            )  # None from a tower that keeps no per-token states (a feature cache)
+            hidden.append(None if state is None else F.pad(state, (0, 0, 0, length - bucket_length)))
         # row r of the input is unique row inverse[r], at position `where[inverse[r]]` of the buckets' outputs
         where = torch.empty_like(inverse[: unique.shape[0]])
         order = torch.cat(order)
         where[order] = torch.arange(order.shape[0], device=order.device)
         gather = where[inverse]
         return BaseModelOutputWithPooling(
-            last_hidden_state=torch.cat(hidden)[gather], pooler_output=torch.cat(pooled)[gather]
+            last_hidden_state=None if any(h is None for h in hidden) else torch.cat(hidden)[gather],
+            pooler_output=torch.cat(pooled)[gather],
         )
 
     def _text_call_cost(self) -> int:

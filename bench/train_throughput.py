@@ -181,6 +181,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     return {
         "side": args.worker,
         "level": args.level,
+        "batch_size": args.batch_size,
         "checkpointing": args.checkpointing,
         "seconds_per_step": seconds,
         "samples_per_second": args.batch_size / seconds,
@@ -214,17 +215,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 quick, 32 full")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 2 quick, 5 full)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (memory counts them)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="runs of every configuration (default: 1 quick, 3 full)"
+    )
     parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="off")
     parser.add_argument("--worker", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--level", choices=LEVELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_size = args.batch_size or (8 if args.quick else 32)
     args.steps = args.steps or (2 if args.quick else 5)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     args.levels = [level.strip() for level in args.levels.split(",") if level.strip()]
     if not args.levels or any(level not in LEVELS for level in args.levels):
         parser.error(f"--levels must name some of {', '.join(LEVELS)}")
-    if args.batch_size < 2 or args.steps < 1 or args.warmup < 0:
-        parser.error("--batch-size must be >= 2 (a contrastive batch), --steps >= 1, --warmup >= 0")
+    if args.batch_size < 2 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error(
+            "--batch-size must be >= 2 (a contrastive batch), --steps >= 1, --warmup >= 0, --rounds >= 1"
+        )
     if args.worker and (args.checkpointing == "both" or args.level is None):
         parser.error("a worker runs one checkpointing setting and one --level")
     return args
@@ -259,6 +266,20 @@ def print_deduplication(results: dict, levels: list[str]) -> None:
         print(f"{level:10}" + "".join(f"{f'{e} / {d} ({1 - d / e:.0%})':>22}" for e, d in cells))
 
 
+def combine_rounds(rounds: list[dict]) -> dict:
+    """Each configuration's result with its time the median over rounds (memory and counts: round 1)."""
+    results = {}
+    for key, first in rounds[0].items():
+        seconds = statistics.median(r[key]["seconds_per_step"] for r in rounds)
+        results[key] = dict(first, seconds_per_step=seconds, samples_per_second=first["batch_size"] / seconds)
+    return results
+
+
+def round_ratio(rounds: list[dict], ours: tuple, theirs: tuple) -> float:
+    """samples/s ours / theirs, the median over rounds of the ratio within a round (load drifts less)."""
+    return statistics.median(r[theirs]["seconds_per_step"] / r[ours]["seconds_per_step"] for r in rounds)
+
+
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     common.apply_threads(args.threads)
@@ -268,16 +289,17 @@ def main(argv: list[str] | None = None) -> float:
         return 0.0
     device = _machine.resolve_device(args.device)
     settings = ["off", "on"] if args.checkpointing == "both" else [args.checkpointing]
-    results = {
-        (side, level, c): spawn(args, side, level, c)
-        for c in settings
-        for level in args.levels
-        for side in SIDES
-    }
+    keys = [(side, level, c) for c in settings for level in args.levels for side in SIDES]
+    rounds = []
+    for index in range(args.rounds):  # each round runs every configuration, in a rotated order
+        order = keys[index % len(keys) :] + keys[: index % len(keys)]
+        rounds.append({key: spawn(args, *key) for key in order})
+    results = combine_rounds(rounds)
     print(
         f"== train_throughput: config {args.config}, {args.dtype}, batch {args.batch_size} from {args.dataset}'s "
         f"train split, warmup {args.warmup}, median of {args.steps} steps, AdamW; each configuration in a "
-        "fresh process"
+        f"fresh process, {args.rounds} round(s) of all of them: times are medians over rounds, ratios the "
+        "median of each round's ratio"
     )
     print(_machine.command_line())
     print(_machine.describe_machine(device))
@@ -300,11 +322,14 @@ def main(argv: list[str] | None = None) -> float:
     for checkpointing in settings:
         for level in args.levels:
             ours, every, plain = (results[(side, level, checkpointing)] for side in SIDES)
-            ratio = ours["samples_per_second"] / plain["samples_per_second"]
+            ratio = round_ratio(rounds, ("clipita", level, checkpointing), ("plain", level, checkpointing))
             ratios.append(ratio)
+            every_ratio = round_ratio(
+                rounds, ("every", level, checkpointing), ("plain", level, checkpointing)
+            )
             print(
                 f"CLIP-ITA / plain, level {level}, checkpointing {checkpointing}: samples/s {ratio:.2f} "
-                f"(every text: {every['samples_per_second'] / plain['samples_per_second']:.2f}), step adds "
+                f"(every text: {every_ratio:.2f}), step adds "
                 f"{ours['increase_bytes'] / max(plain['increase_bytes'], 1):.2f}x"
             )
     for level in args.levels:
