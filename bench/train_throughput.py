@@ -1,18 +1,19 @@
-"""Samples/s and peak memory of a CLIP-ITA training step against a plain CLIP contrastive step.
+"""Samples/s of a CLIP-ITA training step against a plain CLIP contrastive step.
 
 Same towers, same batches, drawn from a real catalogue through the training pipeline
 (`clipita.training.collate`: pairs at a category level, the processor), so that nodes and attribute
 strings repeat as they do in training. CLIP-ITA: forward with `return_loss=True` (image, title, each
 attribute and the category name through the towers, heads, bidirectional InfoNCE), backward, AdamW
-step, once with its default unique-text encoding (each distinct text sequence of a step through the
-text tower once) and once encoding every text (`deduplicate_texts=False`, the path before it). Plain:
-`CLIPModel(pixel_values, title ids, return_loss=True)` (image and title only), backward, AdamW step.
-Every configuration runs in a fresh process so that its peak memory is its own. Per category level
-(all / general / specific) the run prints the fraction of text-tower sequences that deduplication
-removes, and the time the data pipeline takes to make a batch (decode, resize, tokenise: what the
-trainer waits for with `--dataloader_num_workers 0`) against the step. Encoder-layer forwards per step
-show whether checkpointing reached the CLIP towers (with it, every layer runs twice). Last line: the
-lowest samples/s ratio CLIP-ITA / plain over the levels, `ratio 0.90`.
+step, once with its default unique-text encoding (each distinct text of a step through the text tower
+once, in length buckets) and once encoding every text (`deduplicate_texts=False`, the path before it).
+Plain: `CLIPModel(pixel_values, title ids, return_loss=True)` (image and title only), backward, AdamW
+step. One process per category level (all / general / specific) runs the three sides from the same
+initial weights on the same batches, their steps interleaved, so that a loaded machine slows them alike.
+Per level it prints the fraction of text-tower sequences that deduplication removes, and the time the
+data pipeline takes to make a batch (decode, resize, tokenise: what the trainer waits for with
+`--dataloader_num_workers 0`) against the step. Encoder-layer forwards per step show whether
+checkpointing reached the CLIP towers (with it, every layer runs twice). Last line: the lowest samples/s
+ratio CLIP-ITA / plain over the levels, `ratio 0.90`.
 
     python bench/train_throughput.py --quick
     python bench/train_throughput.py --config vit-b-32 --device cuda --batch-size 128
@@ -21,6 +22,7 @@ lowest samples/s ratio CLIP-ITA / plain over the levels, `ratio 0.90`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -122,80 +124,83 @@ def text_sequences(batch: dict) -> dict[str, tuple[int, int]]:
 
 
 def run_worker(args: argparse.Namespace) -> dict:
-    """One configuration (side x level x checkpointing) in this process: time `steps` steps after `warmup`."""
+    """One level x checkpointing setting in this process: every side on the same batches, their steps
+    interleaved (the order rotating each step) so that load on the machine hits them alike."""
     from clipita.data import load_catalogue
     from clipita.training.model_setup import training_texts
 
     device = _machine.resolve_device(args.device)
     args.rows = load_catalogue(args.dataset, split="train")
     model, processor = common.build_model(args.config, seed=args.seed, texts=list(training_texts(args.rows)))
-    model.config.deduplicate_texts = args.worker != "every"
     batches, data_seconds = training_batches(args, processor, model.config.product_modalities)
     sequences = [text_sequences(batch) for batch in batches[args.warmup :]]
     batches = [{k: v.to(device) for k, v in batch.items() if k != "category_ids"} for batch in batches]
-    if args.worker == "plain":
-        net = model.clip
-        net.logit_scale.requires_grad_(True)  # CLIP-ITA freezes CLIP's own scale; plain CLIP learns it
-        del model
+    every = copy.deepcopy(model)
+    every.config.deduplicate_texts = False
+    plain = copy.deepcopy(model).clip
+    plain.logit_scale.requires_grad_(True)  # CLIP-ITA freezes CLIP's own scale; plain CLIP learns it
+    nets = {"clipita": model, "every": every, "plain": plain}
 
-        def loss_of(net, batch):
-            return net(
-                pixel_values=batch["pixel_values"],
-                input_ids=batch["title_input_ids"],
-                attention_mask=batch["title_attention_mask"],
-                return_loss=True,
-            ).loss
-    else:
-        net = model
-
-        def loss_of(net, batch):
+    def loss_of(side, net, batch):
+        if side != "plain":
             return net(**batch, return_loss=True).loss
+        return net(
+            pixel_values=batch["pixel_values"],
+            input_ids=batch["title_input_ids"],
+            attention_mask=batch["title_attention_mask"],
+            return_loss=True,
+        ).loss
 
-    net = net.to(device).train()
-    if args.checkpointing == "on":
-        enable_activation_checkpointing(net)
-    counter = LayerForwardCounter(net)
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
+    counters, optimizers = {}, {}
+    for side, net in nets.items():
+        net.to(device).train()
+        if args.checkpointing == "on":
+            enable_activation_checkpointing(net)
+        counters[side] = LayerForwardCounter(net)
+        optimizers[side] = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
     autocast = torch.autocast(device.type, dtype=_machine.DTYPES[args.dtype], enabled=args.dtype != "float32")
 
-    def step(batch) -> tuple[int, int]:
+    def step(side, batch) -> tuple[int, int]:
+        counter = counters[side]
         counter.calls = 0
         with autocast:
-            loss = loss_of(net, batch)
+            loss = loss_of(side, nets[side], batch)
         forward_calls = counter.calls
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizers[side].step()
+        optimizers[side].zero_grad(set_to_none=True)
         return forward_calls, counter.calls
 
-    times = []
-    with _machine.PeakMemory(device) as memory:
-        for index, batch in enumerate(batches):
+    sides = list(SIDES)
+    times = {side: [] for side in sides}
+    calls = {}
+    for index, batch in enumerate(batches):
+        for side in sides[index % len(sides) :] + sides[: index % len(sides)]:
             _machine.synchronize(device)
             start = time.perf_counter()
-            forward_calls, step_calls = step(batch)
+            calls[side] = step(side, batch)
             _machine.synchronize(device)
             if index >= args.warmup:
-                times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    return {
-        "side": args.worker,
+                times[side].append(time.perf_counter() - start)
+    result = {
         "level": args.level,
-        "batch_size": args.batch_size,
         "checkpointing": args.checkpointing,
-        "seconds_per_step": seconds,
-        "samples_per_second": args.batch_size / seconds,
         "data_seconds_per_batch": statistics.median(data_seconds[args.warmup :]),
         "sequences": {kind: [sum(s[kind][i] for s in sequences) for i in (0, 1)] for kind in sequences[0]},
-        "peak_bytes": memory.peak,
-        "increase_bytes": memory.increase,
-        "memory_method": memory.method,
-        "layer_forwards": forward_calls,
-        "layer_forwards_with_backward": step_calls,
-        "checkpointed_layers": counter.checkpointed,
-        "layers": len(counter.layers),
-        "parameters": sum(p.numel() for p in net.parameters()),
+        "sides": {},
     }
+    for side in sides:
+        seconds = statistics.median(times[side])
+        result["sides"][side] = {
+            "seconds_per_step": seconds,
+            "samples_per_second": args.batch_size / seconds,
+            "layer_forwards": calls[side][0],
+            "layer_forwards_with_backward": calls[side][1],
+            "checkpointed_layers": counters[side].checkpointed,
+            "layers": len(counters[side].layers),
+            "parameters": sum(p.numel() for p in nets[side].parameters()),
+        }
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -215,37 +220,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 quick, 32 full")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 2 quick, 5 full)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (memory counts them)")
-    parser.add_argument(
-        "--rounds", type=int, default=None, help="runs of every configuration (default: 1 quick, 3 full)"
-    )
     parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="off")
-    parser.add_argument("--worker", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--level", choices=LEVELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_size = args.batch_size or (8 if args.quick else 32)
     args.steps = args.steps or (2 if args.quick else 5)
-    args.rounds = args.rounds or (1 if args.quick else 3)
     args.levels = [level.strip() for level in args.levels.split(",") if level.strip()]
     if not args.levels or any(level not in LEVELS for level in args.levels):
         parser.error(f"--levels must name some of {', '.join(LEVELS)}")
-    if args.batch_size < 2 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
-        parser.error(
-            "--batch-size must be >= 2 (a contrastive batch), --steps >= 1, --warmup >= 0, --rounds >= 1"
-        )
+    if args.batch_size < 2 or args.steps < 1 or args.warmup < 0:
+        parser.error("--batch-size must be >= 2 (a contrastive batch), --steps >= 1, --warmup >= 0")
     if args.worker and (args.checkpointing == "both" or args.level is None):
         parser.error("a worker runs one checkpointing setting and one --level")
     return args
 
 
-def spawn(args: argparse.Namespace, side: str, level: str, checkpointing: str) -> dict:
-    """Run one configuration in a fresh interpreter and read back its result line."""
-    command = [sys.executable, __file__, "--worker", side, "--level", level, "--checkpointing", checkpointing]
+def spawn(args: argparse.Namespace, level: str, checkpointing: str) -> dict:
+    """Run one level x checkpointing setting in a fresh interpreter and read back its result line."""
+    command = [sys.executable, __file__, "--worker", "--level", level, "--checkpointing", checkpointing]
     for flag in ("config", "device", "threads", "seed", "dtype", "batch_size", "steps", "warmup", "dataset"):
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
-    what = f"worker {side}, level {level}, checkpointing {checkpointing}"
+    what = f"worker for level {level}, checkpointing {checkpointing}"
     if done.returncode != 0:
         raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
@@ -259,25 +258,11 @@ def print_deduplication(results: dict, levels: list[str]) -> None:
     print("text-tower sequences over the timed steps: every / distinct (removed)")
     print(f"{'level':10}{'titles':>22}{'attributes':>22}{'categories':>22}{'all texts':>22}")
     for level in levels:
-        counts = next(r for (_, lv, _), r in results.items() if lv == level)["sequences"]
+        counts = next(r for (lv, _), r in results.items() if lv == level)["sequences"]
         every = sum(c[0] for c in counts.values())
         distinct = sum(c[1] for c in counts.values())
         cells = [(c[0], c[1]) for c in counts.values()] + [(every, distinct)]
         print(f"{level:10}" + "".join(f"{f'{e} / {d} ({1 - d / e:.0%})':>22}" for e, d in cells))
-
-
-def combine_rounds(rounds: list[dict]) -> dict:
-    """Each configuration's result with its time the median over rounds (memory and counts: round 1)."""
-    results = {}
-    for key, first in rounds[0].items():
-        seconds = statistics.median(r[key]["seconds_per_step"] for r in rounds)
-        results[key] = dict(first, seconds_per_step=seconds, samples_per_second=first["batch_size"] / seconds)
-    return results
-
-
-def round_ratio(rounds: list[dict], ours: tuple, theirs: tuple) -> float:
-    """samples/s ours / theirs, the median over rounds of the ratio within a round (load drifts less)."""
-    return statistics.median(r[theirs]["seconds_per_step"] / r[ours]["seconds_per_step"] for r in rounds)
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -289,65 +274,53 @@ def main(argv: list[str] | None = None) -> float:
         return 0.0
     device = _machine.resolve_device(args.device)
     settings = ["off", "on"] if args.checkpointing == "both" else [args.checkpointing]
-    keys = [(side, level, c) for c in settings for level in args.levels for side in SIDES]
-    rounds = []
-    for index in range(args.rounds):  # each round runs every configuration, in a rotated order
-        order = keys[index % len(keys) :] + keys[: index % len(keys)]
-        rounds.append({key: spawn(args, *key) for key in order})
-    results = combine_rounds(rounds)
+    results = {(level, c): spawn(args, level, c) for c in settings for level in args.levels}
     print(
         f"== train_throughput: config {args.config}, {args.dtype}, batch {args.batch_size} from {args.dataset}'s "
-        f"train split, warmup {args.warmup}, median of {args.steps} steps, AdamW; each configuration in a "
-        f"fresh process, {args.rounds} round(s) of all of them: times are medians over rounds, ratios the "
-        "median of each round's ratio"
+        f"train split, warmup {args.warmup}, median of {args.steps} steps, AdamW; one process per level, its "
+        "sides' steps interleaved on the same batches"
     )
     print(_machine.command_line())
     print(_machine.describe_machine(device))
     print_deduplication(results, args.levels)
     print(
-        f"peak memory: {next(iter(results.values()))['memory_method']}; 'step adds' = peak minus before step 1"
+        f"{'checkpointing':15}{'level':10}{'model':22}{'params':>9}{'samples/s':>11}{'s/step':>9}"
+        f"{'  layer forwards: forward / step (checkpointed layers)'}"
     )
-    print(
-        f"{'checkpointing':15}{'level':10}{'model':22}{'params':>9}{'samples/s':>11}{'s/step':>9}{'peak':>11}"
-        f"{'step adds':>11}{'  layer forwards: forward / step (checkpointed layers)'}"
-    )
-    for (side, level, checkpointing), r in results.items():
-        print(
-            f"{checkpointing:15}{level:10}{SIDES[side]:22}{r['parameters'] / 1e6:8.1f}M"
-            f"{r['samples_per_second']:11.2f}{r['seconds_per_step']:9.3f}{_machine.mib(r['peak_bytes']):>11}"
-            f"{_machine.mib(r['increase_bytes']):>11}  {r['layer_forwards']} / {r['layer_forwards_with_backward']}"
-            f" ({r['checkpointed_layers']}/{r['layers']})"
-        )
+    for (level, checkpointing), result in results.items():
+        for side, r in result["sides"].items():
+            print(
+                f"{checkpointing:15}{level:10}{SIDES[side]:22}{r['parameters'] / 1e6:8.1f}M"
+                f"{r['samples_per_second']:11.2f}{r['seconds_per_step']:9.3f}"
+                f"  {r['layer_forwards']} / {r['layer_forwards_with_backward']}"
+                f" ({r['checkpointed_layers']}/{r['layers']})"
+            )
     ratios = []
     for checkpointing in settings:
         for level in args.levels:
-            ours, every, plain = (results[(side, level, checkpointing)] for side in SIDES)
-            ratio = round_ratio(rounds, ("clipita", level, checkpointing), ("plain", level, checkpointing))
+            sides = results[(level, checkpointing)]["sides"]
+            plain = sides["plain"]["samples_per_second"]
+            ratio = sides["clipita"]["samples_per_second"] / plain
             ratios.append(ratio)
-            every_ratio = round_ratio(
-                rounds, ("every", level, checkpointing), ("plain", level, checkpointing)
-            )
             print(
                 f"CLIP-ITA / plain, level {level}, checkpointing {checkpointing}: samples/s {ratio:.2f} "
-                f"(every text: {every_ratio:.2f}), step adds "
-                f"{ours['increase_bytes'] / max(plain['increase_bytes'], 1):.2f}x"
+                f"(every text: {sides['every']['samples_per_second'] / plain:.2f})"
             )
     for level in args.levels:
-        r = results[("clipita", level, settings[0])]
-        data = r["data_seconds_per_batch"]
+        result = results[(level, settings[0])]
+        data, step = result["data_seconds_per_batch"], result["sides"]["clipita"]["seconds_per_step"]
         print(
             f"data pipeline, level {level}: {data:.3f} s to make a batch (decode, resize, tokenise) against a "
-            f"{r['seconds_per_step']:.3f} s CLIP-ITA step: {data / (data + r['seconds_per_step']):.0%} of the "
-            "time waiting for data with --dataloader_num_workers 0"
+            f"{step:.3f} s CLIP-ITA step: {data / (data + step):.0%} of the time waiting for data with "
+            "--dataloader_num_workers 0"
         )
     if len(settings) == 2:
         for side in SIDES:
             for level in args.levels:
-                off, on = results[(side, level, "off")], results[(side, level, "on")]
+                off, on = (results[(level, c)]["sides"][side] for c in ("off", "on"))
                 print(
                     f"checkpointing on / off, {SIDES[side]}, level {level}: samples/s "
-                    f"{on['samples_per_second'] / off['samples_per_second']:.2f}, step adds "
-                    f"{on['increase_bytes'] / max(off['increase_bytes'], 1):.2f}x"
+                    f"{on['samples_per_second'] / off['samples_per_second']:.2f}"
                 )
     print(f"ratio {min(ratios[: len(args.levels)]):.2f}")
     return min(ratios[: len(args.levels)])
