@@ -317,8 +317,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        dropout = self.config.clip_config.text_config.attention_dropout
-        if not self.config.deduplicate_texts or (self.training and dropout > 0):
+        if not self._deduplicates_texts():
             return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
         length = input_ids.shape[1]
         rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
@@ -347,19 +346,23 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             )
             order.append(rows_of_bucket)
             pooled.append(text.pooler_output)
-            state = (
-                text.last_hidden_state
-            )  # None from a tower that keeps no per-token states (a feature cache)
+            # None from a tower that keeps no per-token states (a feature cache)
+            state = text.last_hidden_state
             hidden.append(None if state is None else F.pad(state, (0, 0, 0, length - bucket_length)))
         # row r of the input is unique row inverse[r], at position `where[inverse[r]]` of the buckets' outputs
-        where = torch.empty_like(inverse[: unique.shape[0]])
         order = torch.cat(order)
+        where = torch.empty_like(order)
         where[order] = torch.arange(order.shape[0], device=order.device)
         gather = where[inverse]
         return BaseModelOutputWithPooling(
             last_hidden_state=None if any(h is None for h in hidden) else torch.cat(hidden)[gather],
             pooler_output=torch.cat(pooled)[gather],
         )
+
+    def _deduplicates_texts(self) -> bool:
+        """Configured on, and no dropout drawn in the text tower (a duplicate would share its copy's mask)."""
+        dropout = self.config.clip_config.text_config.attention_dropout
+        return self.config.deduplicate_texts and not (self.training and dropout > 0)
 
     def _text_call_cost(self) -> int:
         """What one more text-tower call costs, in padded tokens: on a CPU a call's fixed work is worth a few
@@ -401,7 +404,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         rows, attribute_mask = self._attribute_rows(
             attribute_input_ids, attribute_attention_mask, attribute_mask
         )
-        text = self._text_groups({"attributes": rows}, **kwargs)["attributes"] if rows else None
+        text = None if rows is None else self._text_groups({"attributes": rows}, **kwargs)["attributes"]
         return self._pool_attributes(text, attribute_mask), text
 
     def _attribute_rows(
@@ -447,8 +450,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         """The text tower on several groups of rows (titles, attribute strings, category names) as one set:
         their distinct rows once, in length buckets (`_unique_text_features`); each group gets its rows'
         outputs back, at its own width. Without deduplication, one call per group."""
-        dropout = self.config.clip_config.text_config.attention_dropout
-        if len(groups) < 2 or not self.config.deduplicate_texts or (self.training and dropout > 0):
+        if len(groups) < 2 or not self._deduplicates_texts():
             return {
                 name: self._unique_text_features(ids, mask, **kwargs) for name, (ids, mask) in groups.items()
             }
