@@ -1,5 +1,6 @@
 """Frozen towers with cached features: the same training as without the cache, the features read back by a
-repeated run, recomputed when the weights change, and the combinations it cannot support refused."""
+repeated run, recomputed when the weights change, and the combinations it cannot support refused; and the
+training images' processed pixels kept between epochs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from clipita.training import parse_args, train
 from clipita.training.feature_cache import FOLDER, TowerFeatureCache, check_cacheable
 from clipita.training.model_setup import freeze_towers
+from clipita.training.pixel_cache import with_pixel_memo
 from tests.conftest import tiny_model
 from tests.helpers.batches import fixed_batch, gradients
 from tests.helpers.tiny_catalogue import tiny_catalogue
@@ -108,3 +110,22 @@ def test_cached_frozen_run_equals_the_uncached_one(tmp_path):
     )
     assert cached["validation"]["last"]["overall"] == pytest.approx(plain["validation"]["last"]["overall"])
     assert any((tmp_path / "cached" / FOLDER).glob("*/image-*.safetensors"))
+
+
+def test_pixel_memo_gives_the_processors_pixels_once_per_image():
+    _, processor = tiny_model()
+    images = tiny_catalogue(num_train=6, num_validation=1)["train"]["image"]
+    batch = [images[0], images[1], images[0], images[2]]
+    expected = processor(images=batch)["pixel_values"]
+    memoised = with_pixel_memo(processor, max_bytes=2**30)
+    assert memoised is not processor and processor.image_processor is not memoised.image_processor
+    for _ in range(2):
+        torch.testing.assert_close(memoised(images=batch)["pixel_values"], expected, rtol=0, atol=0)
+    memo = memoised.image_processor
+    assert (memo.misses, memo.hits, len(memo.rows)) == (3, 5, 3)
+
+    one_row = with_pixel_memo(processor, max_bytes=expected[0].numel() * 4)  # room for one image only
+    for _ in range(2):
+        torch.testing.assert_close(one_row(images=batch)["pixel_values"], expected, rtol=0, atol=0)
+    assert len(one_row.image_processor.rows) == 1
+    assert with_pixel_memo(processor, max_bytes=0) is processor

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample this many category queries per evaluation (default: all)",
     )
     data.add_argument(
+        "--pixel_cache_gib",
+        type=float,
+        default=1.0,
+        help="keep training images' processed pixels between epochs, up to this many GiB (0: off)",
+    )
+    data.add_argument(
         "--dataloader_num_workers",
         type=int,
         default=0,
@@ -266,7 +272,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in positive.items():
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be positive, got {value}")
-    for name in ("eval_steps", "save_steps", "logging_steps", "warmup_steps", "dataloader_num_workers"):
+    for name in (
+        "eval_steps", "save_steps", "logging_steps", "warmup_steps", "dataloader_num_workers", "pixel_cache_gib"
+    ):  # fmt: skip
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.max_steps is not None and args.max_steps <= 0:

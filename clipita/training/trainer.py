@@ -37,6 +37,7 @@ from clipita.training.model_setup import (
     enable_activation_checkpointing,
     optimizer_groups,
 )
+from clipita.training.pixel_cache import with_pixel_memo
 from clipita.training.validation import PRIMARY_METRIC, Validator, flatten_metrics
 from clipita.tree import NodeVocabulary
 
@@ -200,7 +201,11 @@ class Trainer:
             self.pairs,
             batch_size=args.per_device_train_batch_size,
             sampler=EpochSampler(len(self.pairs), args.seed),
-            collate_fn=PairCollator(self.processor, NodeVocabulary(train_paths), modalities),
+            collate_fn=PairCollator(
+                with_pixel_memo(self.processor, int(getattr(args, "pixel_cache_gib", 0.0) * 2**30)),
+                NodeVocabulary(train_paths),
+                modalities,
+            ),
             drop_last=True,
             num_workers=args.dataloader_num_workers,
         )
