@@ -5,6 +5,8 @@ Two copies of one model with frozen towers train on the same products, through t
 alternating so that load drifts hit both: one computes the towers every step, the other through a
 `TowerFeatureCache` (its first epoch computes and stores the features, later ones read them; category
 nodes are drawn anew each epoch at level "all", so a later epoch may still meet a new category name).
+Both collate as the trainer does, processed pixels kept between epochs (`--pixel-cache-gib`, train.py's
+`--pixel_cache_gib`; 0 resizes every image every epoch).
 Each epoch's time is split into waiting for data (decode, resize, tokenise) and the steps. Last line: the
 samples/s ratio of a cached epoch after the first over an uncached one, `ratio 25.0`.
 
@@ -40,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per side (default: 2 quick, 3)")
     parser.add_argument("--level", default="all", choices=("all", "general", "specific"))
     parser.add_argument(
+        "--pixel-cache-gib",
+        type=float,
+        default=1.0,
+        help="processed pixels kept between epochs, both sides (train.py's --pixel_cache_gib; 0: off)",
+    )
+    parser.add_argument(
         "--warmup",
         type=int,
         default=1,
@@ -61,6 +69,7 @@ class Side:
 
         from clipita.schema import modality_columns
         from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
+        from clipita.training.pixel_cache import with_pixel_memo
         from clipita.tree import NodeVocabulary
 
         modalities = model.config.product_modalities
@@ -72,7 +81,9 @@ class Side:
             batch_size=args.batch_size,
             sampler=self.sampler,
             collate_fn=PairCollator(
-                processor, NodeVocabulary([list(p) for p in rows["category"]]), modalities
+                with_pixel_memo(processor, int(args.pixel_cache_gib * 2**30)),
+                NodeVocabulary([list(p) for p in rows["category"]]),
+                modalities,
             ),
             drop_last=True,
         )
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> float:
     print(
         f"== cached_features: config {args.config}, towers frozen, {samples} products per epoch from "
         f"{args.dataset}'s train split (level {args.level}), batch {args.batch_size}, {args.epochs} epochs "
-        "per side, the sides' epochs alternating"
+        f"per side, the sides' epochs alternating; processed pixels kept up to {args.pixel_cache_gib} GiB"
     )
     print(_machine.command_line())
     print(_machine.describe_machine(device))
