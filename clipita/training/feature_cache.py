@@ -143,8 +143,14 @@ class TowerFeatureCache:
         store = self.features[kind]
 
         def features(*args, **kwargs) -> BaseModelOutputWithPooling:
-            if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
-                return original(*args, **kwargs)  # per-token outputs are not cached
+            options = (
+                "output_attentions",
+                "output_hidden_states",
+                "interpolate_pos_encoding",
+                "position_ids",
+            )
+            if any(kwargs.get(option) is not None and kwargs.get(option) is not False for option in options):
+                return original(*args, **kwargs)  # per-token outputs and other positions are not cached
             if kind == "image":
                 pixel_values = kwargs.pop("pixel_values", args[0] if args else None)
                 inputs = (pixel_values,)
