@@ -41,6 +41,8 @@ class CLIPITAConfig(PretrainedConfig):
             fixed (paper).
         loss_lambda (`float`): weight of the product->category direction (paper: 0.5).
         initializer_range (`float`): std of the attention pooler's query at initialisation.
+        deduplicate_texts (`bool`): run the text tower once per distinct token sequence of a call (titles,
+            attribute strings, category names) and share the output; same results, less work.
 
     Which towers are frozen is a training choice (train.py's `--freeze_*` flags), not part of the model.
     """
@@ -62,6 +64,7 @@ class CLIPITAConfig(PretrainedConfig):
         learnable_temperature: bool = DEFAULT_LEARNABLE_TEMPERATURE,
         loss_lambda: float = 0.5,
         initializer_range: float = 0.02,
+        deduplicate_texts: bool = True,
         **kwargs,
     ):
         if clip_config is None:
@@ -97,6 +100,7 @@ class CLIPITAConfig(PretrainedConfig):
         self.learnable_temperature = learnable_temperature
         self.loss_lambda = loss_lambda
         self.initializer_range = initializer_range
+        self.deduplicate_texts = deduplicate_texts
         super().__init__(**kwargs)
 
     @property
