@@ -18,6 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
+from clipita.bootstrap import add_sentence_transformers_files
 from clipita.card import render_index_card, render_model_card
 from clipita.hub import (
     ReleaseError,
@@ -129,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ablation_plot=args.ablation_plot,
         repo_id=args.repo_id,
     )
+    add_sentence_transformers_files(
+        model_dir
+    )  # folders trained before it are loadable by sentence-transformers too
     problems = check_release_folder(model_dir)
     if not args.skip_load_check and not problems:
         problems += load_check(model_dir)
