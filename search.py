@@ -27,7 +27,13 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args, run_command
+from clipita.cli import (
+    add_encoder_argument,
+    add_loader_arguments,
+    add_node_scoring_argument,
+    load_from_args,
+    run_command,
+)
 from clipita.encoding import product_encoder
 from clipita.evaluation import precision_at_10
 from clipita.index import (
@@ -42,7 +48,8 @@ from clipita.index import (
     load_shards,
     search,
 )
-from clipita.loading import check_model_folder, load_model, weights_sha256
+from clipita.loading import check_model_folder, weights_sha256
+from clipita.onnx_encoder import load_encoder
 from clipita.schema import PATH_SEPARATOR, synonym_table
 from clipita.tree import CategoryTree, category_nodes
 
@@ -67,7 +74,7 @@ def model_info(model, name_or_path: str) -> dict:
 
 def build(args: argparse.Namespace) -> None:
     out = Path(args.output)
-    model, processor = load_model(args.model, args.device)
+    model, processor = load_encoder(args.model, args.encoder, args.device)
     info = model_info(model, args.model)
     dataset, load_report = load_from_args(args, args.split)
     print(f"catalogue {args.dataset} [{args.split}]: {load_report}")
@@ -198,7 +205,7 @@ def query(args: argparse.Namespace) -> None:
     if not args.allow_model_mismatch:
         index.check_weights(weights_sha256(name), f"model {name}")
     synonyms = read_synonyms(args.synonyms)
-    model, processor = load_model(name, args.device)
+    model, processor = load_encoder(name, args.encoder, args.device)
     depth = max(args.k, 10)  # P@10 needs the top 10 whatever k
     results = search(
         args.queries,
@@ -243,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
         "--keep_shards", action="store_true", help="keep the encode shards after the index is built"
     )
     b.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_encoder_argument(b)
     b.set_defaults(run=build)
 
     q = sub.add_parser("query", help="rank the indexed products for category text")
@@ -275,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_node_scoring_argument(q, "how a query that names a node scores products")
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_encoder_argument(q)
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
     q.set_defaults(run=query)
     return p

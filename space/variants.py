@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from clipita.index import CatalogueIndex
-from clipita.loading import load_model, weights_sha256
+from clipita.loading import weights_sha256
+from clipita.onnx_encoder import load_encoder
 from clipita.schema import path_text
 from clipita.tree import CategoryTree
 from modeling_clipita import MAX_LOGIT_SCALE
@@ -35,7 +37,7 @@ class Variant:
 
     name: str
     source: str
-    model: Any  # the folder's remote-code CLIP-ITA model, in eval mode
+    model: Any  # the folder's remote-code CLIP-ITA model in eval mode, or its OnnxEncoder
     processor: Any
     index: CatalogueIndex
     images: catalogue_images.ProductImages
@@ -46,7 +48,8 @@ class Variant:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp())
+        scale = self.model.logit_scale  # a tensor (PyTorch) or a float (OnnxEncoder)
+        return math.exp(min(scale.item() if hasattr(scale, "item") else scale, MAX_LOGIT_SCALE))
 
 
 def recorded_catalogue(index: CatalogueIndex) -> dict:
@@ -85,12 +88,14 @@ def load_variants(
     names: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     allow_model_mismatch: bool = False,
+    encoder: str = "torch",
 ) -> list[Variant]:
     """Load every (model, index) pair once; pairs built from one catalogue share its images.
 
     A model given as None is the one the index manifest records; a model whose weights differ from those
     that built its index is refused unless `allow_model_mismatch`. `catalogue` overrides the catalogue the
-    manifests record (where the products' images come from).
+    manifests record (where the products' images come from). `encoder`: "torch", or the model folders' ONNX
+    export ("onnx", "onnx-int8"; clipita.onnx_encoder).
     """
     if not indexes or len(models) != len(indexes):
         raise ValueError(f"give one index per model: got {len(models)} model(s) and {len(indexes)} index(es)")
@@ -103,7 +108,7 @@ def load_variants(
     for i, (model_spec, index_spec) in enumerate(zip(models, indexes)):
         index = CatalogueIndex.load(resolve_index(index_spec))
         model_spec = model_spec or recorded_model(index, index_spec)
-        model, processor = load_model(model_spec)
+        model, processor = load_encoder(model_spec, encoder)
         index.check_dim(model.config.projection_dim, f"model {model_spec}")
         if not allow_model_mismatch:
             index.check_weights(weights_sha256(model_spec), f"model {model_spec}")
