@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,19 @@ def _export(module: nn.Module, inputs: dict, names: list[str], path: Path) -> No
     )
 
 
+def quantize(source: Path, target: Path) -> None:
+    """int8 weights, activations quantised at run time (`quantize_dynamic`). ONNX Runtime's pre-processing
+    first folds the Identity nodes the exporter puts before weights shared by two tower calls (title and
+    attributes), which the quantiser would otherwise leave in float32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="clipita-onnx-") as scratch:
+        prepared = Path(scratch) / source.name
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+
+
 def export_onnx(model_dir: str | os.PathLike, int8: bool = True) -> dict:
     """Write `onnx/` into the model folder: the float encoders, and their int8 variants unless `int8=False`."""
     model_dir = Path(model_dir)
@@ -154,10 +168,8 @@ def export_onnx(model_dir: str | os.PathLike, int8: bool = True) -> dict:
         _export(ProductEncoder(model).eval(), products, product_names, out / VARIANT_FILES["fp32"][1])
     files = {"fp32": list(VARIANT_FILES["fp32"])}
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         for source, target in zip(VARIANT_FILES["fp32"], VARIANT_FILES["int8"]):
-            quantize_dynamic(out / source, out / target, weight_type=QuantType.QInt8)
+            quantize(out / source, out / target)
         files["int8"] = list(VARIANT_FILES["int8"])
     manifest = {
         "opset": OPSET,
