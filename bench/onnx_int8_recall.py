@@ -1,11 +1,12 @@
 """How much the int8 ONNX export changes retrieval: recall@10 of its top 10 against the float model's.
 
 A trained model folder is copied to a temporary folder and exported there (`clipita.onnx_export`); a
-catalogue split is encoded by PyTorch, ONNX float32 and ONNX int8, and every category node on the split's
+catalogue split is encoded by PyTorch, ONNX float32 and ONNX int8 made both ways of
+clipita.onnx_export.INT8_METHODS (`quantize_dynamic`, the default, and weight-only blocks), and every category node on the split's
 paths (the paper's "all" setting) is a query, ranked over the split by exact search. Printed side by
 side: recall@10 of each ONNX top 10 against PyTorch's (the share of PyTorch's top 10 it returns), the
 largest embedding difference, P@10 and mAP@10 under the paper's protocol (clipita.evaluation), and the
-files' sizes. Last line: `ratio 0.99` (int8 recall@10 against the float model).
+files' sizes. Last line: `ratio 0.99` (recall@10 of the default int8, quantize_dynamic, against the float model).
 
     python bench/onnx_int8_recall.py --model outputs/clip-ita --dataset demo --split test
 """
@@ -24,7 +25,7 @@ from clipita.data import load_catalogue
 from clipita.evaluation import clipita_embeddings, evaluate_dense
 from clipita.loading import load_model
 from clipita.onnx_encoder import OnnxEncoder
-from clipita.onnx_export import export_onnx
+from clipita.onnx_export import add_int8, export_onnx
 from clipita.tree import category_nodes
 
 if __package__:  # imported: python -m bench.onnx_int8_recall, or the tests
@@ -68,13 +69,17 @@ def main(argv: list[str] | None = None) -> float:
                 args.model, Path(scratch) / "model", ignore=shutil.ignore_patterns("checkpoints", "onnx")
             )
         )
-        manifest = export_onnx(folder)
+        sizes = export_onnx(folder)["sizes"]  # int8: quantize_dynamic
+        weight_only = Path(shutil.copytree(folder, Path(scratch) / "weight-only"))
+        wo_sizes = add_int8(weight_only, "weight-only")["sizes"]
+        sizes.update({f"{k} (weight-only)": v for k, v in wo_sizes.items() if "int8" in k})
         model, processor = load_model(folder, device="cpu")
         threads = torch.get_num_threads()
         encoders = {
             "PyTorch": model,
             "ONNX fp32": OnnxEncoder(folder, "fp32", threads),
-            "ONNX int8": OnnxEncoder(folder, "int8", threads),
+            "int8 dynamic": OnnxEncoder(folder, "int8", threads),
+            "int8 w-only": OnnxEncoder(weight_only, "int8", threads),
         }
         nodes = sorted({node for path in paths for node in category_nodes(path)})
         texts = [processor.category_text(list(node)) for node in nodes]
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> float:
     print(_machine.command_line())
     print(_machine.describe_machine(torch.device("cpu")))
     mib = 1024 * 1024
-    print("files: " + ", ".join(f"{name} {size / mib:.2f} MiB" for name, size in manifest["sizes"].items()))
+    print("files: " + ", ".join(f"{name} {size / mib:.2f} MiB" for name, size in sizes.items()))
     overall = reference["results"]["overall"]
     print(f"{'':12}{'recall@10 vs PyTorch':>22}{'max abs diff':>14}{'P@10':>8}{'mAP@10':>8}")
     recall = {}
@@ -119,11 +124,11 @@ def main(argv: list[str] | None = None) -> float:
         )
     worst = min(
         (len(set(a) & set(b)) / len(b), nodes[i])
-        for i, (a, b) in enumerate(zip(rows["ONNX int8"]["top10"], reference["top10"]))
+        for i, (a, b) in enumerate(zip(rows["int8 dynamic"]["top10"], reference["top10"]))
     )
-    print(f"int8: lowest recall@10 of one query {worst[0]:.2f} ({' > '.join(worst[1])})")
-    print(f"ratio {recall['ONNX int8']:.4f}")
-    return recall["ONNX int8"]
+    print(f"int8 dynamic: lowest recall@10 of one query {worst[0]:.2f} ({' > '.join(worst[1])})")
+    print(f"ratio {recall['int8 dynamic']:.4f}")
+    return recall["int8 dynamic"]
 
 
 if __name__ == "__main__":

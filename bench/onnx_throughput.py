@@ -1,7 +1,8 @@
 """Products/s and categories/s of PyTorch float32 against ONNX Runtime float32 and int8, in one run.
 
 The model is saved to a temporary folder and exported by `clipita.onnx_export` (the encoders traced from the
-model, int8 by `quantize_dynamic`); the three encode the same synthetic products with the same processor,
+model; int8 both ways of clipita.onnx_export.INT8_METHODS: `quantize_dynamic` and weight-only blocks); all
+encode the same synthetic products with the same processor,
 in interleaved rounds. End to end (processor included) and forward only (the same preprocessed batches)
 are timed; a ratio is the median of the rounds' ratios (ONNX speed / PyTorch speed), its range beside.
 ONNX Runtime gets as many intra-op threads as torch. Also printed: the files' sizes and the largest
@@ -15,6 +16,7 @@ difference of the ONNX embeddings from PyTorch's on these products. Last line: `
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 
 from clipita.bootstrap import add_sentence_transformers_files, register_auto_classes
 from clipita.onnx_encoder import OnnxEncoder
-from clipita.onnx_export import export_onnx
+from clipita.onnx_export import add_int8, export_onnx
 
 if __package__:  # imported: python -m bench.onnx_throughput, or the tests
     from bench import _machine, common
@@ -32,7 +34,7 @@ else:  # run as a script, python bench/onnx_throughput.py: its folder is on sys.
     import _machine
     import common
 
-SIDES = ("torch", "onnx", "int8")
+SIDES = {"torch": "PyTorch", "onnx": "ONNX fp32", "int8": "int8 dyn.", "int8wo": "int8 w-o"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,11 +72,15 @@ def main(argv: list[str] | None = None) -> float:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         add_sentence_transformers_files(folder)
-        manifest = export_onnx(folder)
+        manifest = export_onnx(folder)  # int8: quantize_dynamic
+        weight_only = Path(shutil.copytree(folder, Path(scratch) / "weight-only"))
+        wo_sizes = add_int8(weight_only, "weight-only")["sizes"]
+        sizes = {**manifest["sizes"], **{f"{k} (weight-only)": v for k, v in wo_sizes.items() if "int8" in k}}
         threads = torch.get_num_threads()
         encoders = {
             "onnx": OnnxEncoder(folder, "fp32", threads),
             "int8": OnnxEncoder(folder, "int8", threads),
+            "int8wo": OnnxEncoder(weight_only, "int8", threads),
         }
         batches = [products.slice(i, i + args.batch_size) for i in range(0, len(products), args.batch_size)]
         processed = [processor(images=b.images, titles=b.titles, attributes=b.attributes) for b in batches]
@@ -116,7 +122,6 @@ def main(argv: list[str] | None = None) -> float:
         f"onnxruntime {onnxruntime.__version__}, {threads} intra-op thread(s); "
         f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M"
     )
-    sizes = manifest["sizes"]
     mib = 1024 * 1024
     print(
         "files: "
@@ -128,7 +133,10 @@ def main(argv: list[str] | None = None) -> float:
         + ", ".join(f"{side} {diff:.2e}" for side, diff in differences.items())
     )
     print(
-        f"{'':28}{'PyTorch':>10}{'ONNX fp32':>11}{'ONNX int8':>11}   ONNX/PyTorch (median, range): fp32; int8"
+        f"{'':28}"
+        + "".join(f"{label:>11}" for label in SIDES.values())
+        + "   ONNX/PyTorch (median, range): "
+        + "; ".join(list(SIDES.values())[1:])
     )
     ratio = None
     for label, key, count in (
@@ -138,17 +146,12 @@ def main(argv: list[str] | None = None) -> float:
     ):
         speeds = [count / seconds[f"{side}_{key}"] for side in SIDES]
         cells = []
-        for side in ("onnx", "int8"):
+        for side in encoders:
             ratios = [t / o for t, o in zip(times[f"torch_{key}"], times[f"{side}_{key}"])]
             cells.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
             if key == "e2e" and side == "onnx":
                 ratio = statistics.median(ratios)
-        print(
-            f"{label:28}"
-            + "".join(f"{s:>{w}.1f}" for s, w in zip(speeds, (10, 11, 11)))
-            + "   "
-            + "; ".join(cells)
-        )
+        print(f"{label:28}" + "".join(f"{speed:11.1f}" for speed in speeds) + "   " + "; ".join(cells))
     print(f"ratio {ratio:.2f}")
     return ratio
 

@@ -6,12 +6,12 @@ the numbers are the model's and preprocessing stays the processor's: an ONNX use
 
 - `onnx/category_encoder.onnx`: category_input_ids, category_attention_mask -> embeddings [N, d]
 - `onnx/product_encoder.onnx`: the processor's product arrays for the model's modalities -> [B, d]
-- `onnx/*_int8.onnx`: the same with dynamic int8 weights (onnxruntime.quantization.quantize_dynamic)
+- `onnx/*_int8.onnx`: the same with int8 weights (INT8_METHODS: `quantize_dynamic`, or weight-only blocks)
 - `onnx/manifest.json`: inputs, opset, the weights' sha256 they were exported from, and the parity measured
 
 Every output is L2-normalised like `encode_categories` / `encode_products`.
 
-    python -m clipita.onnx_export --model outputs/clip-ita [--no-int8] [--parity 200]
+    python -m clipita.onnx_export --model outputs/clip-ita [--int8 dynamic|weight-only|none] [--parity 200]
 """
 
 from __future__ import annotations
@@ -139,21 +139,54 @@ def _export(module: nn.Module, inputs: dict, names: list[str], path: Path) -> No
     )
 
 
-def quantize(source: Path, target: Path) -> None:
-    """int8 weights, activations quantised at run time (`quantize_dynamic`). ONNX Runtime's pre-processing
-    first folds the Identity nodes the exporter puts before weights shared by two tower calls (title and
-    attributes), which the quantiser would otherwise leave in float32."""
+INT8_METHODS = {
+    "dynamic": "quantize_dynamic: int8 weights, activations quantised per tensor at run time (MatMulInteger)",
+    "weight-only": "int8 weights in blocks of 32, float activations (MatMulNBits, bits=8)",
+}
+
+
+def quantize(source: Path, target: Path, method: str = "dynamic") -> None:
+    """An int8 copy of an exported encoder by one of INT8_METHODS. ONNX Runtime's pre-processing first folds
+    the Identity nodes the exporter puts before weights shared by two tower calls (title and attributes),
+    which the quantiser would otherwise leave in float32."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if method not in INT8_METHODS:
+        raise ValueError(f"int8 method must be one of {sorted(INT8_METHODS)}, got {method!r}")
     with tempfile.TemporaryDirectory(prefix="clipita-onnx-") as scratch:
         prepared = Path(scratch) / source.name
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+        if method == "dynamic":
+            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+            return
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(prepared)), bits=8, block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target), False)
 
 
-def export_onnx(model_dir: str | os.PathLike, int8: bool = True) -> dict:
-    """Write `onnx/` into the model folder: the float encoders, and their int8 variants unless `int8=False`."""
+def add_int8(model_dir: str | os.PathLike, method: str = "dynamic") -> dict:
+    """(Re)write the int8 encoders of a folder's float export by `method`; the manifest records it."""
+    out = Path(model_dir) / ONNX_DIR
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    for source, target in zip(VARIANT_FILES["fp32"], VARIANT_FILES["int8"]):
+        quantize(out / source, out / target, method)
+    manifest["files"]["int8"] = list(VARIANT_FILES["int8"])
+    manifest["int8_method"] = method
+    manifest["sizes"] = {
+        name: (out / name).stat().st_size for names in manifest["files"].values() for name in names
+    }
+    manifest.pop("parity", None)  # measured on the files it names
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def export_onnx(model_dir: str | os.PathLike, int8: str | None = "dynamic") -> dict:
+    """Write `onnx/` into the model folder: the float encoders, and int8 variants by method `int8` (one of
+    INT8_METHODS; None: no int8)."""
     model_dir = Path(model_dir)
     model, processor = load_model(model_dir, device="cpu")
     modalities = list(model.config.product_modalities)
@@ -167,10 +200,6 @@ def export_onnx(model_dir: str | os.PathLike, int8: bool = True) -> dict:
         )
         _export(ProductEncoder(model).eval(), products, product_names, out / VARIANT_FILES["fp32"][1])
     files = {"fp32": list(VARIANT_FILES["fp32"])}
-    if int8:
-        for source, target in zip(VARIANT_FILES["fp32"], VARIANT_FILES["int8"]):
-            quantize(out / source, out / target)
-        files["int8"] = list(VARIANT_FILES["int8"])
     manifest = {
         "opset": OPSET,
         "product_modalities": modalities,
@@ -179,11 +208,13 @@ def export_onnx(model_dir: str | os.PathLike, int8: bool = True) -> dict:
         "category_inputs": list(CATEGORY_INPUTS),
         "product_inputs": product_names,
         "files": files,
-        "sizes": {name: (out / name).stat().st_size for names in files.values() for name in names},
+        "sizes": {name: (out / name).stat().st_size for name in files["fp32"]},
         "weights_sha256": weights_sha256(model_dir),
     }
+    for name in VARIANT_FILES["int8"]:
+        (out / name).unlink(missing_ok=True)  # an older int8 export does not match these float files
     write_json(out / MANIFEST, manifest)
-    return manifest
+    return add_int8(model_dir, int8) if int8 else manifest
 
 
 def random_products(count: int, seed: int = 0) -> tuple[list, list[str], list[list[str]]]:
@@ -233,10 +264,15 @@ def parity(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a CLIP-ITA model folder (onnx/ is written into it)")
-    parser.add_argument("--no-int8", dest="int8", action="store_false", help="skip the int8 variant")
+    parser.add_argument(
+        "--int8",
+        choices=[*INT8_METHODS, "none"],
+        default="dynamic",
+        help="how the int8 variant is made: " + "; ".join(f"{k}: {v}" for k, v in INT8_METHODS.items()),
+    )
     parser.add_argument("--parity", type=int, default=200, help="products and categories compared (0: none)")
     args = parser.parse_args(argv)
-    manifest = export_onnx(args.model, int8=args.int8)
+    manifest = export_onnx(args.model, int8=None if args.int8 == "none" else args.int8)
     if args.parity:
         manifest["parity"] = [parity(args.model, args.parity, v) for v in manifest["files"]]
         write_json(Path(args.model) / ONNX_DIR / MANIFEST, manifest)
