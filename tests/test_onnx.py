@@ -15,7 +15,7 @@ pytest.importorskip("onnx")
 import search as search_cli  # noqa: E402
 from clipita.catalogue import generate_catalogue  # noqa: E402
 from clipita.onnx_encoder import OnnxEncoder, load_encoder  # noqa: E402
-from clipita.onnx_export import export_onnx, parity, random_products  # noqa: E402
+from clipita.onnx_export import add_int8, export_onnx, parity, random_products  # noqa: E402
 from tests.conftest import tiny_model  # noqa: E402
 from tests.test_card import save_tiny_release  # noqa: E402
 
@@ -103,3 +103,32 @@ def test_search_builds_and_queries_on_onnx_like_on_torch(exported, tmp_path, cap
     for torch_hits, onnx_hits in zip(hits["torch"], hits["onnx"]):
         assert [pid for pid, _ in onnx_hits] == [pid for pid, _ in torch_hits]
         np.testing.assert_allclose([s for _, s in onnx_hits], [s for _, s in torch_hits], atol=1e-4)
+
+
+def test_weight_only_int8_is_closer_to_the_float_export(exported, tmp_path):
+    folder = shutil.copytree(exported[0], tmp_path / "weight-only")
+    manifest = add_int8(folder, "weight-only")
+    assert manifest["int8_method"] == "weight-only" and "parity" not in manifest
+    images, titles, attributes = random_products(40, seed=3)
+    fp32 = OnnxEncoder(folder, "fp32").encode_products(images, titles, attributes)
+    weight_only = OnnxEncoder(folder, "int8").encode_products(images, titles, attributes)
+    dynamic = OnnxEncoder(exported[0], "int8").encode_products(images, titles, attributes)
+    assert 0 < np.abs(weight_only - fp32).max() < np.abs(dynamic - fp32).max()
+
+
+def test_release_cli_exports_onnx_into_the_folder_and_still_passes_its_checks(exported, tmp_path, capsys):
+    import release as release_cli
+    from clipita.card import render_model_card
+    from tests.test_card import fake_eval_file, fake_training
+
+    folder = tmp_path / "clip-ita"
+    model, _ = save_tiny_release(folder)
+    training_args, metrics = fake_training()
+    render_model_card(folder, model_config=model.config, training_args=training_args, metrics=metrics)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(fake_eval_file(model=str(folder))))
+    args = ["--model", str(folder), "--eval_results", str(results), "--onnx", "--skip_load_check"]
+    assert release_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "onnx/product_encoder_int8.onnx" in out and "ready for the Hub" in out
+    assert OnnxEncoder(folder, "int8").encode_categories(["Mugs"]).shape == (1, model.config.projection_dim)
