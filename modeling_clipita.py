@@ -153,6 +153,11 @@ class CLIPITAAttributePooler(nn.Module):
         return torch.where(has_attributes, pooled, self.empty_embedding.to(pooled.dtype).expand_as(pooled))
 
 
+def _truncate(embeds: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first `dim` dimensions, L2-normalised: a Matryoshka embedding cut to a nested size."""
+    return F.normalize(embeds[..., :dim], dim=-1)
+
+
 def _restore_position_ids(model: nn.Module, incompatible_keys) -> None:
     """CLIP's `position_ids` buffers are not saved; after `to_empty` (a model built on the meta device)
     they hold garbage that `load_state_dict` does not overwrite, so recompute them from their shape."""
@@ -461,18 +466,26 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         product_embeds: torch.Tensor,
         category_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The configured loss on (possibly gathered) normalised embeddings."""
+        """The configured loss on (possibly gathered) normalised embeddings; with `matryoshka_dims`, the mean
+        of the loss at the full size and at each nested size (the first `d` dimensions, renormalised)."""
         if self.config.loss_type == "multi_positive" and category_ids is None:
             raise ValueError(
                 "loss_type='multi_positive' needs category_ids (one integer id per pair's category)"
             )
-        return clipita_contrastive_loss(
-            category_embeds,
-            product_embeds,
-            self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
-            loss_lambda=self.config.loss_lambda,
-            category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
-        )
+
+        def loss(categories: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
+            return clipita_contrastive_loss(
+                categories,
+                products,
+                self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+                loss_lambda=self.config.loss_lambda,
+                category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
+            )
+
+        nested = getattr(self.config, "matryoshka_dims", None) or []
+        losses = [loss(category_embeds, product_embeds)]
+        losses += [loss(_truncate(category_embeds, d), _truncate(product_embeds, d)) for d in nested]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     # ----- user helpers: batch, normalise, return numpy or torch -----
 
@@ -490,8 +503,20 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         return self.processor
 
     def _encode(
-        self, num_items: int, make_batch, encode_batch, batch_size, convert_to_numpy, show_progress_bar, desc
+        self,
+        num_items: int,
+        make_batch,
+        encode_batch,
+        batch_size,
+        convert_to_numpy,
+        show_progress_bar,
+        desc,
+        dim,
     ):
+        if dim is not None and not 0 < dim <= self.config.projection_dim:
+            raise ValueError(
+                f"dim must lie between 1 and projection_dim={self.config.projection_dim}, got {dim}"
+            )
         starts = range(0, num_items, batch_size)
         if show_progress_bar is None:
             show_progress_bar = num_items > 4 * batch_size
@@ -510,6 +535,8 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         finally:
             self.train(was_training)
         embeds = torch.cat(outputs) if outputs else torch.zeros(0, self.config.projection_dim)
+        if dim is not None and dim < embeds.shape[-1]:
+            embeds = _truncate(embeds, dim)
         return embeds.numpy() if convert_to_numpy else embeds
 
     def encode_categories(
@@ -519,8 +546,10 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         convert_to_numpy: bool = True,
         show_progress_bar: bool | None = None,
         processor=None,
+        dim: int | None = None,
     ) -> np.ndarray | torch.Tensor:
-        """Category names or paths ("Home > Kitchen > Mugs" or a list) -> `[N, d]` normalised embeddings."""
+        """Category names or paths ("Home > Kitchen > Mugs" or a list) -> `[N, d]` normalised embeddings
+        (`dim`: the first `dim` dimensions renormalised, for a model trained with `matryoshka_dims`)."""
         processor = self._get_processor(processor)
         categories = [categories] if isinstance(categories, str) else list(categories)
         return self._encode(
@@ -531,6 +560,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             convert_to_numpy,
             show_progress_bar,
             "encoding categories",
+            dim,
         )
 
     def encode_products(
@@ -542,11 +572,12 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         convert_to_numpy: bool = True,
         show_progress_bar: bool | None = None,
         processor=None,
+        dim: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Products (PIL images, titles, attribute lists or dicts) -> `[N, d]` normalised embeddings.
 
         Only the modalities this model uses are needed; a product's embedding does not depend on
-        the other products in its batch.
+        the other products in its batch. `dim`: as in `encode_categories`.
         """
         processor = self._get_processor(processor)
         given = {"images": images, "titles": titles, "attributes": attributes}
@@ -569,6 +600,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             convert_to_numpy,
             show_progress_bar,
             "encoding products",
+            dim,
         )
 
 

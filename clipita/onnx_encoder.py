@@ -94,13 +94,20 @@ class OnnxEncoder:
         feeds = {name: np.ascontiguousarray(batch[name]) for name in names}
         return session.run(["embeddings"], feeds)[0]
 
-    def _batches(self, count: int, batch_size: int, make, session, names) -> np.ndarray:
+    def _batches(self, count: int, batch_size: int, make, session, names, dim: int | None) -> np.ndarray:
+        full = self.config.projection_dim
+        if dim is not None and not 0 < dim <= full:
+            raise ValueError(f"dim must lie between 1 and projection_dim={full}, got {dim}")
         outputs = [self._run(session, make(i, i + batch_size), names) for i in range(0, count, batch_size)]
-        dim = self.config.projection_dim
-        return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, dim), np.float32)
+        embeds = np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, full), np.float32)
+        if dim is not None and dim < full:  # a Matryoshka size: the first dims, renormalised
+            embeds = embeds[:, :dim] / np.maximum(
+                np.linalg.norm(embeds[:, :dim], axis=1, keepdims=True), 1e-12
+            )
+        return embeds
 
     def encode_categories(
-        self, categories: Sequence, batch_size: int = 64, processor=None, **ignored
+        self, categories: Sequence, batch_size: int = 64, processor=None, dim: int | None = None, **ignored
     ) -> np.ndarray:
         """Category names or paths -> `[N, d]` normalised embeddings (as `CLIPITAModel.encode_categories`)."""
         processor = processor or self.processor
@@ -111,6 +118,7 @@ class OnnxEncoder:
             lambda i, j: processor(categories=categories[i:j], return_tensors="np"),
             self.category_session,
             CATEGORY_INPUTS,
+            dim,
         )
 
     def encode_products(
@@ -120,6 +128,7 @@ class OnnxEncoder:
         attributes: Sequence | None = None,
         batch_size: int = 32,
         processor=None,
+        dim: int | None = None,
         **ignored,
     ) -> np.ndarray:
         """Products -> `[N, d]` normalised embeddings (as `CLIPITAModel.encode_products`)."""
@@ -141,6 +150,7 @@ class OnnxEncoder:
             lambda i, j: processor(**{k: list(v[i:j]) for k, v in columns.items()}, return_tensors="np"),
             self.product_session,
             self.product_inputs,
+            dim,
         )
 
 

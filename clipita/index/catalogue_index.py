@@ -405,9 +405,11 @@ def search(
     if not isinstance(index, CatalogueIndex):
         index = CatalogueIndex.load(index)
     name = getattr(model, "name_or_path", None) or type(model).__name__
-    if (dim := model_dim(model)) is not None:
-        index.check_dim(dim, f"model {name}")
     kwargs = {"processor": processor} if processor is not None else {}
+    if index.dim in (getattr(getattr(model, "config", None), "matryoshka_dims", None) or []):
+        kwargs["dim"] = index.dim  # an index of the model's embeddings cut to a nested (Matryoshka) size
+    elif (dim := model_dim(model)) is not None:
+        index.check_dim(dim, f"model {name}")
     query = model.encode_categories(texts, convert_to_numpy=True, **kwargs)
     index.check_dim(np.asarray(query).shape[-1], f"model {name}")
     return index.search(query, k, filters, synonyms)
