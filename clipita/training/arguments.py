@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_sizes,
         default=None,
         help="nested embedding sizes trained alongside the full one (Matryoshka), e.g. 32,16: embeddings "
-        "can then be cut to them (encode_*(dim=...), search.py build --dim, eval.py reports each)",
+        "can then be cut to them (encode_*(dim=...), search.py build --dim, eval.py reports each; default: none)",
     )
     model.add_argument(
         "--temperature",
