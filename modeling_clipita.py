@@ -503,20 +503,8 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         return self.processor
 
     def _encode(
-        self,
-        num_items: int,
-        make_batch,
-        encode_batch,
-        batch_size,
-        convert_to_numpy,
-        show_progress_bar,
-        desc,
-        dim,
+        self, num_items: int, make_batch, encode_batch, batch_size, convert_to_numpy, show_progress_bar, desc
     ):
-        if dim is not None and not 0 < dim <= self.config.projection_dim:
-            raise ValueError(
-                f"dim must lie between 1 and projection_dim={self.config.projection_dim}, got {dim}"
-            )
         starts = range(0, num_items, batch_size)
         if show_progress_bar is None:
             show_progress_bar = num_items > 4 * batch_size
@@ -535,9 +523,15 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         finally:
             self.train(was_training)
         embeds = torch.cat(outputs) if outputs else torch.zeros(0, self.config.projection_dim)
-        if dim is not None and dim < embeds.shape[-1]:
-            embeds = _truncate(embeds, dim)
         return embeds.numpy() if convert_to_numpy else embeds
+
+    def _cut(self, embeds: torch.Tensor, dim: int | None) -> torch.Tensor:
+        """`encode_*(dim=...)`: the embeddings cut to a nested size (`_truncate`), or as they are."""
+        if dim is None or dim == embeds.shape[-1]:
+            return embeds
+        if not 0 < dim < embeds.shape[-1]:
+            raise ValueError(f"dim must lie between 1 and projection_dim={embeds.shape[-1]}, got {dim}")
+        return _truncate(embeds, dim)
 
     def encode_categories(
         self,
@@ -555,12 +549,13 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         return self._encode(
             len(categories),
             lambda i, j: processor(categories=categories[i:j], return_tensors="pt"),
-            lambda b: self.get_category_features(b["category_input_ids"], b["category_attention_mask"]),
+            lambda b: self._cut(
+                self.get_category_features(b["category_input_ids"], b["category_attention_mask"]), dim
+            ),
             batch_size,
             convert_to_numpy,
             show_progress_bar,
             "encoding categories",
-            dim,
         )
 
     def encode_products(
@@ -595,12 +590,11 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         return self._encode(
             next(iter(lengths.values()), 0),
             lambda i, j: processor(**{k: list(v[i:j]) for k, v in given.items()}, return_tensors="pt"),
-            lambda b: self.get_product_features(**b),
+            lambda b: self._cut(self.get_product_features(**b), dim),
             batch_size,
             convert_to_numpy,
             show_progress_bar,
             "encoding products",
-            dim,
         )
 
 
