@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from clipita.hub import check_release_folder
+from tests.conftest import run_clean_python
 from tests.test_card import save_tiny_release
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -92,3 +93,18 @@ def test_release_check_requires_the_sentence_transformers_files(saved, tmp_path)
     folder = shutil.copytree(saved[0], tmp_path / "copy")
     (folder / "modules.json").unlink()
     assert any("modules.json is missing" in p for p in check_release_folder(folder))
+
+
+def test_loads_in_a_clean_offline_process_outside_the_project(saved, tmp_path):
+    """As a Hub user: no PYTHONPATH, HF_HUB_OFFLINE=1, only the folder's remote code."""
+    folder, model, processor = saved
+    expected = model.encode_categories(CATEGORIES, processor=processor)
+    np.save(tmp_path / "expected.npy", expected)
+    code = f"""
+import numpy as np
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer({str(folder)!r}, trust_remote_code=True, device="cpu")
+assert type(model[0]).__module__.startswith("transformers_modules"), type(model[0]).__module__
+np.testing.assert_allclose(model.encode({CATEGORIES!r}), np.load({str(tmp_path / "expected.npy")!r}), atol=1e-5)
+"""
+    run_clean_python(code, cwd=tmp_path)
