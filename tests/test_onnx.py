@@ -132,3 +132,24 @@ def test_release_cli_exports_onnx_into_the_folder_and_still_passes_its_checks(ex
     out = capsys.readouterr().out
     assert "onnx/product_encoder_int8.onnx" in out and "ready for the Hub" in out
     assert OnnxEncoder(folder, "int8").encode_categories(["Mugs"]).shape == (1, model.config.projection_dim)
+
+
+def test_the_space_loads_and_answers_on_onnx_like_on_torch(exported, tmp_path):
+    from space import answers, variants
+
+    folder, _ = exported
+    generate_catalogue(tmp_path / "catalogue", num_products=120, progress=False)
+    build = ["build", "--model", str(folder), "--dataset", str(tmp_path / "catalogue"), "--split", "test"]
+    assert search_cli.main([*build, "--output", str(tmp_path / "index"), "--batch_size", "16"]) == 0
+    loaded = {
+        encoder: variants.load_variants(
+            [str(folder)], [str(tmp_path / "index")], cache_dir=tmp_path / encoder, encoder=encoder
+        )[0]
+        for encoder in ("torch", "onnx")
+    }
+    assert type(loaded["onnx"].model).__name__ == "OnnxEncoder"
+    np.testing.assert_allclose(loaded["onnx"].category_embeds, loaded["torch"].category_embeds, atol=1e-5)
+    assert loaded["onnx"].logit_scale == pytest.approx(loaded["torch"].logit_scale)
+    rows = {encoder: answers.search_category(variant, "Mugs", 5)[1] for encoder, variant in loaded.items()}
+    assert len(rows["torch"]) == 5
+    assert [r["product_id"] for r in rows["onnx"]] == [r["product_id"] for r in rows["torch"]]
