@@ -45,6 +45,7 @@ class Variant:
     category_embeds: np.ndarray  # [num categories, d], L2-normalised
     nodes: list[tuple[str, ...]] | None = None  # the categories as paths, rows of category_embeds
     node_scoring: str = "node"  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
+    dim: int | None = None  # the index's nested (Matryoshka) size, when it holds embeddings cut to one
 
     @property
     def logit_scale(self) -> float:
@@ -109,7 +110,9 @@ def load_variants(
         index = CatalogueIndex.load(resolve_index(index_spec))
         model_spec = model_spec or recorded_model(index, index_spec)
         model, processor = load_encoder(model_spec, encoder)
-        index.check_dim(model.config.projection_dim, f"model {model_spec}")
+        dim = index.dim if index.dim in (getattr(model.config, "matryoshka_dims", None) or []) else None
+        if dim is None:
+            index.check_dim(model.config.projection_dim, f"model {model_spec}")
         if not allow_model_mismatch:
             index.check_weights(weights_sha256(model_spec), f"model {model_spec}")
         recorded = recorded_catalogue(index)
@@ -142,7 +145,7 @@ def load_variants(
             )
         tree = CategoryTree(index.metadata.column("category").to_pylist())
         category_paths = [path_text(node) for node in tree.nodes()]
-        category_embeds = model.encode_categories(category_paths, processor=processor)
+        category_embeds = model.encode_categories(category_paths, processor=processor, dim=dim)
         name = names[i] if names else (model.config.variant or Path(model_spec).name)
         variants.append(
             Variant(
@@ -155,6 +158,7 @@ def load_variants(
                 category_paths,
                 category_embeds,
                 tree.nodes(),
+                dim=dim,
             )
         )
     taken = [v.name for v in variants]

@@ -88,6 +88,12 @@ def test_eval_reports_each_size_and_the_index_takes_a_nested_size(tmp_path, caps
     query = model.eval().encode_categories(["Mugs"], processor=processor, dim=16)
     best = float((np.load(tmp_path / "index16" / "embeddings.npy") @ query[0]).max())
     assert len(hits) == 3 and hits[0]["score"] == pytest.approx(best, abs=1e-4)  # the query was cut to 16 too
-    assert (
-        search_main([*build, "--output", str(tmp_path / "index12"), "--dim", "12"]) == 2
-    )  # not a trained size
+    not_trained = search_main([*build, "--output", str(tmp_path / "index12"), "--dim", "12"])
+    assert not_trained == 2  # 12 is not one of the model's nested sizes
+
+    from space import answers, variants
+
+    (variant,) = variants.load_variants([None], [str(tmp_path / "index16")], cache_dir=tmp_path / "space")
+    assert variant.dim == 16 and variant.category_embeds.shape[1] == 16
+    rows = answers.search_category(variant, "Mugs", 3)[1]
+    assert [r["product_id"] for r in rows] == [h["product_id"] for h in hits]

@@ -95,6 +95,7 @@ def test_release_check_requires_the_sentence_transformers_files(saved, tmp_path)
     assert any("modules.json is missing" in p for p in check_release_folder(folder))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_loads_in_a_clean_offline_process_outside_the_project(saved, tmp_path):
     """As a Hub user: no PYTHONPATH, HF_HUB_OFFLINE=1, only the folder's remote code."""
     folder, model, processor = saved
