@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clipita.cli import run_command
 from clipita.fileio import write_json
 from clipita.loading import load_model, weights_sha256
 from clipita.onnx_encoder import (
@@ -188,6 +189,8 @@ def export_onnx(model_dir: str | os.PathLike, int8: str | None = "dynamic") -> d
     """Write `onnx/` into the model folder: the float encoders, and int8 variants by method `int8` (one of
     INT8_METHODS; None: no int8)."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (the export is written into it)")
     model, processor = load_model(model_dir, device="cpu")
     modalities = list(model.config.product_modalities)
     out = model_dir / ONNX_DIR
@@ -272,12 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--parity", type=int, default=200, help="products and categories compared (0: none)")
     args = parser.parse_args(argv)
-    manifest = export_onnx(args.model, int8=None if args.int8 == "none" else args.int8)
-    if args.parity:
-        manifest["parity"] = [parity(args.model, args.parity, v) for v in manifest["files"]]
-        write_json(Path(args.model) / ONNX_DIR / MANIFEST, manifest)
-    print(json.dumps(manifest, indent=1))
-    return 0
+
+    def work() -> None:
+        manifest = export_onnx(args.model, int8=None if args.int8 == "none" else args.int8)
+        if args.parity:
+            manifest["parity"] = [parity(args.model, args.parity, v) for v in manifest["files"]]
+            write_json(Path(args.model) / ONNX_DIR / MANIFEST, manifest)
+        print(json.dumps(manifest, indent=1))
+
+    return run_command(work)  # a missing or truncated model folder: one line, exit status 2
 
 
 if __name__ == "__main__":
