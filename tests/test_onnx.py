@@ -153,3 +153,13 @@ def test_the_space_loads_and_answers_on_onnx_like_on_torch(exported, tmp_path):
     rows = {encoder: answers.search_category(variant, "Mugs", 5)[1] for encoder, variant in loaded.items()}
     assert len(rows["torch"]) == 5
     assert [r["product_id"] for r in rows["onnx"]] == [r["product_id"] for r in rows["torch"]]
+
+
+def test_export_cli_names_a_missing_folder_in_one_line(tmp_path, capsys):
+    from clipita.onnx_export import main
+
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'missing'} is not a model folder (the export is written into it)"
+    )
