@@ -177,6 +177,11 @@ class CLIPITAAttributePooler(nn.Module):
         return torch.where(has_attributes, pooled, self.empty_embedding.to(pooled.dtype).expand_as(pooled))
 
 
+def _truncate(embeds: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first `dim` dimensions, L2-normalised: a Matryoshka embedding cut to a nested size."""
+    return F.normalize(embeds[..., :dim], dim=-1)
+
+
 def _restore_position_ids(model: nn.Module, incompatible_keys) -> None:
     """CLIP's `position_ids` buffers are not saved; after `to_empty` (a model built on the meta device)
     they hold garbage that `load_state_dict` does not overwrite, so recompute them from their shape."""
@@ -630,18 +635,26 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         product_embeds: torch.Tensor,
         category_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The configured loss on (possibly gathered) normalised embeddings."""
+        """The configured loss on (possibly gathered) normalised embeddings; with `matryoshka_dims`, the mean
+        of the loss at the full size and at each nested size (the first `d` dimensions, renormalised)."""
         if self.config.loss_type == "multi_positive" and category_ids is None:
             raise ValueError(
                 "loss_type='multi_positive' needs category_ids (one integer id per pair's category)"
             )
-        return clipita_contrastive_loss(
-            category_embeds,
-            product_embeds,
-            self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
-            loss_lambda=self.config.loss_lambda,
-            category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
-        )
+
+        def loss(categories: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
+            return clipita_contrastive_loss(
+                categories,
+                products,
+                self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+                loss_lambda=self.config.loss_lambda,
+                category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
+            )
+
+        nested = getattr(self.config, "matryoshka_dims", None) or []
+        losses = [loss(category_embeds, product_embeds)]
+        losses += [loss(_truncate(category_embeds, d), _truncate(product_embeds, d)) for d in nested]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     # ----- user helpers: batch, normalise, return numpy or torch -----
 
@@ -681,6 +694,14 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         embeds = torch.cat(outputs) if outputs else torch.zeros(0, self.config.projection_dim)
         return embeds.numpy() if convert_to_numpy else embeds
 
+    def _cut(self, embeds: torch.Tensor, dim: int | None) -> torch.Tensor:
+        """`encode_*(dim=...)`: the embeddings cut to a nested size (`_truncate`), or as they are."""
+        if dim is None or dim == embeds.shape[-1]:
+            return embeds
+        if not 0 < dim < embeds.shape[-1]:
+            raise ValueError(f"dim must lie between 1 and projection_dim={embeds.shape[-1]}, got {dim}")
+        return _truncate(embeds, dim)
+
     def encode_categories(
         self,
         categories: Sequence[str | Sequence[str]],
@@ -688,14 +709,18 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         convert_to_numpy: bool = True,
         show_progress_bar: bool | None = None,
         processor=None,
+        dim: int | None = None,
     ) -> np.ndarray | torch.Tensor:
-        """Category names or paths ("Home > Kitchen > Mugs" or a list) -> `[N, d]` normalised embeddings."""
+        """Category names or paths ("Home > Kitchen > Mugs" or a list) -> `[N, d]` normalised embeddings
+        (`dim`: the first `dim` dimensions renormalised, for a model trained with `matryoshka_dims`)."""
         processor = self._get_processor(processor)
         categories = [categories] if isinstance(categories, str) else list(categories)
         return self._encode(
             len(categories),
             lambda i, j: processor(categories=categories[i:j], return_tensors="pt"),
-            lambda b: self.get_category_features(b["category_input_ids"], b["category_attention_mask"]),
+            lambda b: self._cut(
+                self.get_category_features(b["category_input_ids"], b["category_attention_mask"]), dim
+            ),
             batch_size,
             convert_to_numpy,
             show_progress_bar,
@@ -711,11 +736,12 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         convert_to_numpy: bool = True,
         show_progress_bar: bool | None = None,
         processor=None,
+        dim: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Products (PIL images, titles, attribute lists or dicts) -> `[N, d]` normalised embeddings.
 
         Only the modalities this model uses are needed; a product's embedding does not depend on
-        the other products in its batch.
+        the other products in its batch. `dim`: as in `encode_categories`.
         """
         processor = self._get_processor(processor)
         given = {"images": images, "titles": titles, "attributes": attributes}
@@ -733,7 +759,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         return self._encode(
             next(iter(lengths.values()), 0),
             lambda i, j: processor(**{k: list(v[i:j]) for k, v in given.items()}, return_tensors="pt"),
-            lambda b: self.get_product_features(**b),
+            lambda b: self._cut(self.get_product_features(**b), dim),
             batch_size,
             convert_to_numpy,
             show_progress_bar,

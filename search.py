@@ -25,9 +25,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from transformers import AutoConfig
 
-from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args, run_command
+from clipita.cli import (
+    add_encoder_argument,
+    add_loader_arguments,
+    add_node_scoring_argument,
+    load_from_args,
+    run_command,
+)
 from clipita.encoding import product_encoder
 from clipita.evaluation import precision_at_10
 from clipita.index import (
@@ -42,7 +49,8 @@ from clipita.index import (
     load_shards,
     search,
 )
-from clipita.loading import check_model_folder, load_model, weights_sha256
+from clipita.loading import check_model_folder, weights_sha256
+from clipita.onnx_encoder import load_encoder
 from clipita.schema import PATH_SEPARATOR, synonym_table
 from clipita.tree import CategoryTree, category_nodes
 
@@ -67,7 +75,12 @@ def model_info(model, name_or_path: str) -> dict:
 
 def build(args: argparse.Namespace) -> None:
     out = Path(args.output)
-    model, processor = load_model(args.model, args.device)
+    model, processor = load_encoder(args.model, args.encoder, args.device)
+    sizes = getattr(model.config, "matryoshka_dims", None) or []
+    if args.dim is not None and args.dim not in sizes:
+        raise ValueError(
+            f"--dim {args.dim}: the model was trained for the nested sizes {sizes} only (matryoshka_dims)"
+        )
     info = model_info(model, args.model)
     dataset, load_report = load_from_args(args, args.split)
     print(f"catalogue {args.dataset} [{args.split}]: {load_report}")
@@ -84,8 +97,11 @@ def build(args: argparse.Namespace) -> None:
         raise ValueError(
             f"no product of {args.dataset} [{args.split}] could be encoded; see the skip report above"
         )
+    if args.dim is not None:  # a nested Matryoshka size: the first dims, renormalised
+        embeddings = embeddings[:, : args.dim]
+        embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     leaves = sorted({path[-1] for path in metadata.column("category").to_pylist() if path})[:MAX_TEXT_QUERIES]
-    text_queries = model.encode_categories(leaves) if leaves else None
+    text_queries = model.encode_categories(leaves, dim=args.dim) if leaves else None
     index = CatalogueIndex.build(
         embeddings,
         metadata,
@@ -193,12 +209,13 @@ def query(args: argparse.Namespace) -> None:
     config = AutoConfig.from_pretrained(
         name, trust_remote_code=True
     )  # fail on a dimension mismatch before loading
-    if getattr(config, "projection_dim", None) is not None:
+    nested = getattr(config, "matryoshka_dims", None) or []
+    if getattr(config, "projection_dim", None) is not None and index.dim not in nested:
         index.check_dim(config.projection_dim, f"model {name}")
     if not args.allow_model_mismatch:
         index.check_weights(weights_sha256(name), f"model {name}")
     synonyms = read_synonyms(args.synonyms)
-    model, processor = load_model(name, args.device)
+    model, processor = load_encoder(name, args.encoder, args.device)
     depth = max(args.k, 10)  # P@10 needs the top 10 whatever k
     results = search(
         args.queries,
@@ -243,6 +260,14 @@ def parser() -> argparse.ArgumentParser:
         "--keep_shards", action="store_true", help="keep the encode shards after the index is built"
     )
     b.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    b.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="index embeddings cut to this nested size (a model trained with --matryoshka_dims); "
+        "queries are cut to it too",
+    )
+    add_encoder_argument(b)
     b.set_defaults(run=build)
 
     q = sub.add_parser("query", help="rank the indexed products for category text")
@@ -275,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_node_scoring_argument(q, "how a query that names a node scores products")
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_encoder_argument(q)
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
     q.set_defaults(run=query)
     return p

@@ -140,3 +140,48 @@ def test_flop_counts_split_by_pass():
     attention = 2 * 2 * tokens * tokens * width * layers
     patch = 2 * 64 * (3 * 8 * 8) * width
     assert per_pass["image"] == pytest.approx(linear + attention + patch + 2 * width * width, rel=1e-6)
+
+
+@pytest.mark.slow  # a benchmark run
+def test_onnx_throughput_quick():
+    pytest.importorskip("onnxruntime")
+    lines = run_bench("onnx_throughput.py", "--num-products", "4", "--batch-size", "2", "--repeats", "1")
+    for label in ("products/s end-to-end", "products/s forward only", "categories/s end-to-end"):
+        *speeds, ratio, low, high = figures(lines, label)[:7]  # PyTorch, fp32, int8 dynamic, int8 weight-only
+        assert min(speeds) > 0 and low <= ratio <= high
+    assert float(lines[-1].split()[1]) == figures(lines, "products/s end-to-end")[4]
+    difference = next(line for line in lines if line.startswith("max abs difference"))
+    onnx_diff = float(re.search(r"onnx (\S+),", difference).group(1))
+    assert onnx_diff <= 1e-4  # the float export is the model
+
+
+@pytest.mark.slow  # a benchmark run
+def test_onnx_int8_recall_quick(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from clipita.catalogue import generate_catalogue
+    from tests.test_card import save_tiny_release
+
+    save_tiny_release(tmp_path / "model")
+    generate_catalogue(tmp_path / "catalogue", num_products=150, progress=False)
+    done = subprocess.run(
+        [sys.executable, "bench/onnx_int8_recall.py", "--quick", "--threads", "1"]
+        + [
+            "--model",
+            str(tmp_path / "model"),
+            "--dataset",
+            str(tmp_path / "catalogue"),
+            "--batch-size",
+            "16",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert RATIO.match(lines[-1]) and 0 < float(lines[-1].split()[1]) <= 1
+    torch_row, fp32_row = figures(lines, "PyTorch"), figures(lines, "ONNX fp32")
+    assert 0 < figures(lines, "int8 w-only")[0] <= 1
+    assert torch_row[0] == 1.0 and fp32_row[0] == 1.0  # the float export returns PyTorch's top 10
+    assert not (tmp_path / "model" / "onnx").exists()  # the bench exports into a copy

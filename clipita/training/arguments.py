@@ -29,6 +29,19 @@ def _broad_dropout(value: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _sizes(value: str) -> list[int]:
+    """ "32,16" -> [32, 16]: the nested Matryoshka sizes."""
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 32,16, got {value!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 32,16, got {value!r}")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipita.cli import OneDefaultHelpFormatter, add_loader_arguments
 
@@ -97,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOSSES,
         default="infonce",
         help="multi_positive: same-category pairs are not negatives",
+    )
+    model.add_argument(
+        "--matryoshka_dims",
+        type=_sizes,
+        default=None,
+        help="nested embedding sizes trained alongside the full one (Matryoshka), e.g. 32,16: embeddings "
+        "can then be cut to them (encode_*(dim=...), search.py build --dim, eval.py reports each; default: none)",
     )
     model.add_argument(
         "--temperature",
