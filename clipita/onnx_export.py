@@ -192,6 +192,9 @@ def export_onnx(model_dir: str | os.PathLike, int8: str | None = "dynamic") -> d
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} is not a model folder (the export is written into it)")
     model, processor = load_model(model_dir, device="cpu")
+    # unique-text encoding picks rows by the data (torch.unique), which a trace would freeze to the example's
+    # duplicates; the graph encodes every row, the same embeddings
+    model.config.deduplicate_texts = False
     modalities = list(model.config.product_modalities)
     out = model_dir / ONNX_DIR
     out.mkdir(exist_ok=True)
