@@ -15,7 +15,6 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 
-from clipita.bootstrap import add_sentence_transformers_files, register_auto_classes
 from clipita.card import TAGS, render_model_card
 from clipita.results import select_result
 from tests.conftest import ROOT, tiny_model
@@ -114,6 +113,9 @@ def fake_training() -> tuple[dict, dict]:
 
 def save_tiny_release(folder):
     """A tiny CLIP-ITA with weights moved away from their initial values, saved with its processor."""
+    # imported here: test_no_token_reaches_the_folder_or_the_logs imports this module in a fresh process
+    from clipita.bootstrap import add_sentence_transformers_files, register_auto_classes
+
     register_auto_classes()  # the folder gets its auto_map and code files, as a release needs
     model, processor = tiny_model()
     generator = torch.Generator().manual_seed(1)
