@@ -41,6 +41,11 @@ class CLIPITAConfig(PretrainedConfig):
             fixed (paper).
         loss_lambda (`float`): weight of the product->category direction (paper: 0.5).
         initializer_range (`float`): std of the attention pooler's query at initialisation.
+        deduplicate_texts (`bool`): run the text tower once per distinct token sequence of a call (titles,
+            attribute strings, category names) and share the output; same results, less work.
+        matryoshka_dims (`list[int]`): nested embedding sizes below `projection_dim` trained alongside it
+            (Matryoshka: the loss is averaged over the full size and each of these, on the first `d`
+            dimensions renormalised), so embeddings can be cut to any of them (`encode_*(dim=d)`). Empty: off.
 
     Which towers are frozen is a training choice (train.py's `--freeze_*` flags), not part of the model.
     """
@@ -62,6 +67,8 @@ class CLIPITAConfig(PretrainedConfig):
         learnable_temperature: bool = DEFAULT_LEARNABLE_TEMPERATURE,
         loss_lambda: float = 0.5,
         initializer_range: float = 0.02,
+        deduplicate_texts: bool = True,
+        matryoshka_dims: list[int] | tuple[int, ...] | None = None,
         **kwargs,
     ):
         if clip_config is None:
@@ -86,6 +93,12 @@ class CLIPITAConfig(PretrainedConfig):
             raise ValueError(f"loss_lambda must be in [0, 1], got {loss_lambda}")
         if contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature must be positive, got {contrastive_temperature}")
+        dims = sorted({int(d) for d in matryoshka_dims or ()}, reverse=True)
+        if any(not 0 < d < projection_dim for d in dims):
+            raise ValueError(
+                f"matryoshka_dims must lie between 0 and projection_dim={projection_dim}, got {dims}"
+            )
+        self.matryoshka_dims = dims
         self.product_modalities = [m for m in MODALITIES if m in product_modalities]
         self.projection_dim = projection_dim
         self.head_hidden_dim = head_hidden_dim or projection_dim
@@ -97,6 +110,7 @@ class CLIPITAConfig(PretrainedConfig):
         self.learnable_temperature = learnable_temperature
         self.loss_lambda = loss_lambda
         self.initializer_range = initializer_range
+        self.deduplicate_texts = deduplicate_texts
         super().__init__(**kwargs)
 
     @property

@@ -27,7 +27,8 @@ Prints a table shaped like the paper's Table 1 and writes results.json:
              [0, 1], "num_products": n} or null}}},
              (a product's node at that depth among every node of the depth, by node score / by the suggested
               category paths; "new": the product's leaf has no training product, a new product type)
-     "baselines": [every other run (other --model folders, BM25, CLIP zero-shot), same keys]}
+     "baselines": [every other run (other --model folders, a Matryoshka model's nested sizes as "NAME@d" with
+                   "dim": d, BM25, CLIP zero-shot), same keys]}
 
 The first --model is the top-level run. Metric definitions: clipita/metrics/clipita_retrieval/README.md.
 """
@@ -51,6 +52,7 @@ from clipita.evaluation import (
     format_per_depth,
     format_sibling_confusion,
     format_table,
+    matryoshka_cut,
     plot_results,
 )
 from clipita.loading import load_model
@@ -137,6 +139,7 @@ def run_evaluation(
         )
         del model
     names = [run["name"] for run in runs]
+    primary = len(runs) if model_paths else 0  # the first model's full-size run
     for path in model_paths:
         model, processor = load_model(path, device)
         embeds, encode_queries = clipita_embeddings(model, processor, products, batch_size)
@@ -159,8 +162,16 @@ def run_evaluation(
         name = name if name not in names else f"{name} ({len(names)})"
         names.append(name)
         runs.append(run(name, str(path), results, skipped, variant=model.config.variant, **per_depth))
+        for dim in getattr(model.config, "matryoshka_dims", None) or []:  # each nested size, as its own row
+            cut, cut_queries = matryoshka_cut(embeds, encode_queries, dim)
+            results, skipped = evaluate_dense(
+                cut, cut_queries, product_paths, train_paths, query_text=processor.category_text, **protocol
+            )
+            names.append(f"{name}@{dim}")
+            runs.append(
+                run(f"{name}@{dim}", str(path), results, skipped, variant=model.config.variant, dim=dim)
+            )
         del model
-    primary = len(runs) - len(model_paths) if model_paths else 0
     return {**runs[primary], "baselines": [r for i, r in enumerate(runs) if i != primary]}
 
 

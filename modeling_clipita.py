@@ -106,6 +106,30 @@ def clipita_contrastive_loss(
     return loss_lambda * loss_product_to_category + (1.0 - loss_lambda) * loss_category_to_product
 
 
+def _length_buckets(lengths: torch.Tensor, call_cost: int) -> list[tuple[torch.Tensor, int]]:
+    """Rows grouped by length, as `(row indices, longest length)` buckets, minimising the padded tokens
+    encoded plus `call_cost` per bucket (a tower call): an exact dynamic programme over the sorted distinct
+    lengths, which are few (at most the tokenizer's `model_max_length`)."""
+    values, counts = torch.unique(lengths, return_counts=True)
+    values, counts = values.tolist(), counts.tolist()
+    best = [0] + [math.inf] * len(values)  # best[j]: cost of the j shortest distinct lengths
+    start = [0] * (len(values) + 1)
+    for j in range(1, len(values) + 1):
+        rows = 0
+        for i in range(j, 0, -1):  # the last bucket holds distinct lengths i-1 .. j-1
+            rows += counts[i - 1]
+            cost = best[i - 1] + rows * values[j - 1] + call_cost
+            if cost < best[j]:
+                best[j], start[j] = cost, i - 1
+    buckets, j = [], len(values)
+    while j > 0:
+        low, high = values[start[j]], values[j - 1]
+        rows = torch.nonzero((lengths >= low) & (lengths <= high)).squeeze(1)
+        buckets.append((rows, high))
+        j = start[j]
+    return buckets[::-1]
+
+
 class CLIPITAHead(nn.Module):
     """MLP head (paper: 2 hidden layers, each Linear -> LayerNorm -> GELU) into the shared space."""
 
@@ -151,6 +175,11 @@ class CLIPITAAttributePooler(nn.Module):
         pooled = (weights.unsqueeze(-1) * embeds).sum(dim=1)
         has_attributes = count > 0
         return torch.where(has_attributes, pooled, self.empty_embedding.to(pooled.dtype).expand_as(pooled))
+
+
+def _truncate(embeds: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first `dim` dimensions, L2-normalised: a Matryoshka embedding cut to a nested size."""
+    return F.normalize(embeds[..., :dim], dim=-1)
 
 
 def _restore_position_ids(model: nn.Module, incompatible_keys) -> None:
@@ -274,13 +303,84 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
 
+    def _unique_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """`get_text_features` run once per distinct (ids, mask) row, in length buckets, scattered back.
+
+        Category names and attribute strings repeat inside a batch (pairs share a node, many products are
+        "colour: red"), and short texts padded to a batch's longest mostly encode padding. A row's output
+        does not depend on the other rows nor on padding after it (causal attention, right padding), so the
+        distinct rows go through the tower in groups of similar length, each cut to its longest, and the
+        outputs and gradients are those of encoding every row (duplicates' gradients sum through the
+        scatter; `last_hidden_state` is zero past a bucket's length, where every row is padding). Off with
+        `config.deduplicate_texts=False`, and while the text tower draws dropout masks in training (a
+        duplicate would share its copy's mask).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not self._deduplicates_texts():
+            return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+        length = input_ids.shape[1]
+        rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        ids, mask = unique[:, :length], unique[:, length:]
+        lengths = mask.sum(dim=-1)
+        right_padded = torch.equal(mask.bool(), torch.arange(length, device=mask.device) < lengths[:, None])
+        per_token = kwargs.get("output_attentions") or kwargs.get("output_hidden_states")
+        if not right_padded or per_token or not bool((lengths > 0).all()):
+            if unique.shape[0] == rows.shape[0]:
+                return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+            text = self.get_text_features(ids, mask, return_dict=True, **kwargs)
+            return BaseModelOutputWithPooling(
+                **{
+                    key: tuple(t[inverse] for t in value) if isinstance(value, tuple) else value[inverse]
+                    for key, value in text.items()
+                }
+            )
+        order, pooled, hidden = [], [], []
+        for rows_of_bucket, bucket_length in _length_buckets(lengths, self._text_call_cost()):
+            text = self.get_text_features(
+                ids[rows_of_bucket, :bucket_length],
+                mask[rows_of_bucket, :bucket_length],
+                return_dict=True,
+                **kwargs,
+            )
+            order.append(rows_of_bucket)
+            pooled.append(text.pooler_output)
+            # None from a tower that keeps no per-token states (a feature cache)
+            state = text.last_hidden_state
+            hidden.append(None if state is None else F.pad(state, (0, 0, 0, length - bucket_length)))
+        # row r of the input is unique row inverse[r], at position `where[inverse[r]]` of the buckets' outputs
+        order = torch.cat(order)
+        where = torch.empty_like(order)
+        where[order] = torch.arange(order.shape[0], device=order.device)
+        gather = where[inverse]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=None if any(h is None for h in hidden) else torch.cat(hidden)[gather],
+            pooler_output=torch.cat(pooled)[gather],
+        )
+
+    def _deduplicates_texts(self) -> bool:
+        """Configured on, and no dropout drawn in the text tower (a duplicate would share its copy's mask)."""
+        dropout = self.config.clip_config.text_config.attention_dropout
+        return self.config.deduplicate_texts and not (self.training and dropout > 0)
+
+    def _text_call_cost(self) -> int:
+        """What one more text-tower call costs, in padded tokens: on a CPU a call's fixed work is worth a few
+        dozen tokens; an accelerator runs padding nearly free next to a call's kernel launches."""
+        return 64 if self.device.type == "cpu" else 4096
+
     # ----- CLIP-ITA features: L2-normalised tensors in the shared space -----
 
     def get_category_features(
         self, category_input_ids: torch.Tensor, category_attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Category name -> text tower -> category head, L2-normalised `(num_categories, projection_dim)`."""
-        text = self.get_text_features(category_input_ids, category_attention_mask, return_dict=True)
+        text = self._unique_text_features(category_input_ids, category_attention_mask)
         return self._category_head(text.pooler_output)
 
     def _category_head(self, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -306,29 +406,91 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         attribute_mask: torch.Tensor | None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None]:
+        rows, attribute_mask = self._attribute_rows(
+            attribute_input_ids, attribute_attention_mask, attribute_mask
+        )
+        text = None if rows is None else self._text_groups({"attributes": rows}, **kwargs)["attributes"]
+        return self._pool_attributes(text, attribute_mask), text
+
+    def _attribute_rows(
+        self,
+        attribute_input_ids: torch.Tensor,
+        attribute_attention_mask: torch.Tensor | None,
+        attribute_mask: torch.Tensor | None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+        """The real attributes' `(ids, mask)` rows in (product, attribute) order (None when there are none),
+        cut to the longest; and the boolean `[B, A]` attribute mask."""
         if attribute_input_ids.dim() != 3:
             raise ValueError(
                 f"attribute_input_ids must be [batch, attributes, tokens], got {tuple(attribute_input_ids.shape)}"
             )
-        batch, num_attributes, _ = attribute_input_ids.shape
         if attribute_attention_mask is None:
             attribute_attention_mask = torch.ones_like(attribute_input_ids)
         if attribute_mask is None:
             attribute_mask = attribute_attention_mask.any(dim=-1)
         attribute_mask = attribute_mask.bool()
+        if not attribute_mask.any():
+            return None, attribute_mask
+        flat_ids = attribute_input_ids[attribute_mask]
+        flat_mask = attribute_attention_mask[attribute_mask]
+        length = int(flat_mask.sum(dim=-1).max())  # drop padding columns no attribute uses
+        return (flat_ids[:, :length], flat_mask[:, :length]), attribute_mask
+
+    def _pool_attributes(
+        self, text: BaseModelOutputWithPooling | None, attribute_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Text tower outputs of the real attributes -> f_a -> pooled `[B, clip_dim]`."""
         clip_dim = self.config.clip_config.projection_dim
-        embeds = self.logit_scale.new_zeros(batch, num_attributes, clip_dim, dtype=self.dtype)
-        text = None
-        if attribute_mask.any():
-            flat_ids = attribute_input_ids[attribute_mask]
-            flat_mask = attribute_attention_mask[attribute_mask]
-            length = int(flat_mask.sum(dim=-1).max())  # drop padding columns no attribute uses
-            text = self.get_text_features(
-                flat_ids[:, :length], flat_mask[:, :length], return_dict=True, **kwargs
-            )
+        embeds = self.logit_scale.new_zeros(*attribute_mask.shape, clip_dim, dtype=self.dtype)
+        if text is not None:
             features = self.attribute_projection(text.pooler_output)
             embeds = embeds.masked_scatter(attribute_mask.unsqueeze(-1), features.to(embeds.dtype))
-        return self.attribute_pooler(embeds, attribute_mask), text
+        return self.attribute_pooler(embeds, attribute_mask)
+
+    def _text_groups(
+        self,
+        groups: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> dict[str, BaseModelOutputWithPooling]:
+        """The text tower on several groups of rows (titles, attribute strings, category names) as one set:
+        their distinct rows once, in length buckets (`_unique_text_features`); each group gets its rows'
+        outputs back, at its own width. Without deduplication, one call per group."""
+        if len(groups) < 2 or not self._deduplicates_texts():
+            return {
+                name: self._unique_text_features(ids, mask, **kwargs) for name, (ids, mask) in groups.items()
+            }
+        width = max(ids.shape[1] for ids, _ in groups.values())
+        pad = self.config.clip_config.text_config.pad_token_id or 0
+        ids = torch.cat([F.pad(ids, (0, width - ids.shape[1]), value=pad) for ids, _ in groups.values()])
+        mask = torch.cat(
+            [
+                F.pad(torch.ones_like(i) if m is None else m, (0, width - i.shape[1]), value=0)
+                for i, m in groups.values()
+            ]
+        )
+        text = self._unique_text_features(ids, mask, **kwargs)
+        sizes = [i.shape[0] for i, _ in groups.values()]
+
+        def part(key: str, tensor: torch.Tensor, index: int, length: int) -> torch.Tensor:
+            piece = tensor.split(sizes)[index]
+            if key == "pooler_output":
+                return piece
+            if key == "attentions":  # [rows, heads, tokens, tokens]
+                return piece[..., :length, :length]
+            return piece[:, :length]  # [rows, tokens, hidden]
+
+        outputs = {}
+        for index, (name, (group_ids, _)) in enumerate(groups.items()):
+            length = group_ids.shape[1]
+            outputs[name] = BaseModelOutputWithPooling(
+                **{
+                    key: tuple(part(key, t, index, length) for t in value)
+                    if isinstance(value, tuple)
+                    else part(key, value, index, length)
+                    for key, value in text.items()
+                }
+            )
+        return outputs
 
     def _product_towers(
         self,
@@ -338,31 +500,43 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         attribute_input_ids: torch.Tensor | None,
         attribute_attention_mask: torch.Tensor | None,
         attribute_mask: torch.Tensor | None,
+        category_input_ids: torch.Tensor | None = None,
+        category_attention_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[dict[str, torch.Tensor], dict[str, BaseModelOutputWithPooling | None]]:
-        """Each configured modality's input to the product head, and the tower outputs behind them."""
+        """Each configured modality's input to the product head, and the tower outputs behind them; with
+        category ids, the category names' text tower output too (`towers["category"]`), from the same
+        text-tower pass as the titles and attributes."""
         given = {"image": pixel_values, "title": title_input_ids, "attributes": attribute_input_ids}
         argument = {"image": "pixel_values", "title": "title_input_ids", "attributes": "attribute_input_ids"}
-        missing = [m for m in self.config.product_modalities if given[m] is None]
+        modalities = self.config.product_modalities
+        missing = [m for m in modalities if given[m] is None]
         if missing:
             raise ValueError(
-                f"this CLIP-ITA model ({self.config.variant or self.config.product_modalities}) builds products from "
-                f"{self.config.product_modalities}, but the call lacks {', '.join(missing)} "
+                f"this CLIP-ITA model ({self.config.variant or modalities}) builds products from "
+                f"{modalities}, but the call lacks {', '.join(missing)} "
                 f"(argument {', '.join(argument[m] for m in missing)})"
             )
-        embeds, towers = {}, {}
-        if "image" in self.config.product_modalities:
+        embeds, towers, texts = {}, {}, {}
+        if "image" in modalities:
             towers["image"] = self.get_image_features(pixel_values, return_dict=True, **kwargs)
             embeds["image"] = towers["image"].pooler_output
-        if "title" in self.config.product_modalities:
-            towers["title"] = self.get_text_features(
-                title_input_ids, title_attention_mask, return_dict=True, **kwargs
+        if "title" in modalities:
+            texts["title"] = (title_input_ids, title_attention_mask)
+        if "attributes" in modalities:
+            rows, attribute_mask = self._attribute_rows(
+                attribute_input_ids, attribute_attention_mask, attribute_mask
             )
+            if rows is not None:
+                texts["attributes"] = rows
+        if category_input_ids is not None:
+            texts["category"] = (category_input_ids, category_attention_mask)
+        towers.update(self._text_groups(texts, **kwargs))
+        if "title" in modalities:
             embeds["title"] = towers["title"].pooler_output
-        if "attributes" in self.config.product_modalities:
-            embeds["attributes"], towers["attributes"] = self._encode_attributes(
-                attribute_input_ids, attribute_attention_mask, attribute_mask, **kwargs
-            )
+        if "attributes" in modalities:
+            towers.setdefault("attributes", None)
+            embeds["attributes"] = self._pool_attributes(towers["attributes"], attribute_mask)
         return embeds, towers
 
     def get_product_features(
@@ -422,12 +596,12 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             attribute_input_ids,
             attribute_attention_mask,
             attribute_mask,
+            category_input_ids,
+            category_attention_mask,
             **kwargs,
         )
         product_embeds = self._fuse(modality)
-        category_output = self.get_text_features(
-            category_input_ids, category_attention_mask, return_dict=True, **kwargs
-        )
+        category_output = towers.pop("category")
         category_embeds = self._category_head(category_output.pooler_output)
         logit_scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         logits_per_category = logit_scale * category_embeds @ product_embeds.t()
@@ -461,18 +635,26 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         product_embeds: torch.Tensor,
         category_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The configured loss on (possibly gathered) normalised embeddings."""
+        """The configured loss on (possibly gathered) normalised embeddings; with `matryoshka_dims`, the mean
+        of the loss at the full size and at each nested size (the first `d` dimensions, renormalised)."""
         if self.config.loss_type == "multi_positive" and category_ids is None:
             raise ValueError(
                 "loss_type='multi_positive' needs category_ids (one integer id per pair's category)"
             )
-        return clipita_contrastive_loss(
-            category_embeds,
-            product_embeds,
-            self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
-            loss_lambda=self.config.loss_lambda,
-            category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
-        )
+
+        def loss(categories: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
+            return clipita_contrastive_loss(
+                categories,
+                products,
+                self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+                loss_lambda=self.config.loss_lambda,
+                category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
+            )
+
+        nested = getattr(self.config, "matryoshka_dims", None) or []
+        losses = [loss(category_embeds, product_embeds)]
+        losses += [loss(_truncate(category_embeds, d), _truncate(product_embeds, d)) for d in nested]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     # ----- user helpers: batch, normalise, return numpy or torch -----
 
@@ -512,6 +694,14 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         embeds = torch.cat(outputs) if outputs else torch.zeros(0, self.config.projection_dim)
         return embeds.numpy() if convert_to_numpy else embeds
 
+    def _cut(self, embeds: torch.Tensor, dim: int | None) -> torch.Tensor:
+        """`encode_*(dim=...)`: the embeddings cut to a nested size (`_truncate`), or as they are."""
+        if dim is None or dim == embeds.shape[-1]:
+            return embeds
+        if not 0 < dim < embeds.shape[-1]:
+            raise ValueError(f"dim must lie between 1 and projection_dim={embeds.shape[-1]}, got {dim}")
+        return _truncate(embeds, dim)
+
     def encode_categories(
         self,
         categories: Sequence[str | Sequence[str]],
@@ -519,14 +709,18 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         convert_to_numpy: bool = True,
         show_progress_bar: bool | None = None,
         processor=None,
+        dim: int | None = None,
     ) -> np.ndarray | torch.Tensor:
-        """Category names or paths ("Home > Kitchen > Mugs" or a list) -> `[N, d]` normalised embeddings."""
+        """Category names or paths ("Home > Kitchen > Mugs" or a list) -> `[N, d]` normalised embeddings
+        (`dim`: the first `dim` dimensions renormalised, for a model trained with `matryoshka_dims`)."""
         processor = self._get_processor(processor)
         categories = [categories] if isinstance(categories, str) else list(categories)
         return self._encode(
             len(categories),
             lambda i, j: processor(categories=categories[i:j], return_tensors="pt"),
-            lambda b: self.get_category_features(b["category_input_ids"], b["category_attention_mask"]),
+            lambda b: self._cut(
+                self.get_category_features(b["category_input_ids"], b["category_attention_mask"]), dim
+            ),
             batch_size,
             convert_to_numpy,
             show_progress_bar,
@@ -542,11 +736,12 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         convert_to_numpy: bool = True,
         show_progress_bar: bool | None = None,
         processor=None,
+        dim: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Products (PIL images, titles, attribute lists or dicts) -> `[N, d]` normalised embeddings.
 
         Only the modalities this model uses are needed; a product's embedding does not depend on
-        the other products in its batch.
+        the other products in its batch. `dim`: as in `encode_categories`.
         """
         processor = self._get_processor(processor)
         given = {"images": images, "titles": titles, "attributes": attributes}
@@ -564,7 +759,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         return self._encode(
             next(iter(lengths.values()), 0),
             lambda i, j: processor(**{k: list(v[i:j]) for k, v in given.items()}, return_tensors="pt"),
-            lambda b: self.get_product_features(**b),
+            lambda b: self._cut(self.get_product_features(**b), dim),
             batch_size,
             convert_to_numpy,
             show_progress_bar,

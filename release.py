@@ -1,7 +1,7 @@
 """Release a trained CLIP-ITA folder: card with the test results, offline checks, summary, optional upload.
 
     python release.py --model outputs/clip-ita --eval_results outputs/results.json \\
-        [--ablation_plot docs/ablation.png] [--push --repo_id org/clip-ita] \\
+        [--ablation_plot docs/ablation.png] [--onnx] [--push --repo_id org/clip-ita] \\
         [--index outputs/index --index_repo_id org/clip-ita-index]
 
 Nothing is uploaded without --push. The upload authenticates with HF_TOKEN or `hf auth login`; there is
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
+from clipita.bootstrap import add_sentence_transformers_files
 from clipita.card import render_index_card, render_model_card
 from clipita.hub import (
     ReleaseError,
@@ -101,6 +102,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip_load_check", action="store_true", help="skip loading the folder in a clean offline process"
     )
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="export onnx/ into the folder first (float32 and int8 encoders; python -m clipita.onnx_export)",
+    )
     parser.add_argument("--index", default=None, help="a saved catalogue index folder to publish as well")
     parser.add_argument("--index_repo_id", default=None, help="the Hub dataset repo for the index")
     args = parser.parse_args(argv)
@@ -129,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ablation_plot=args.ablation_plot,
         repo_id=args.repo_id,
     )
+    # folders trained before custom_st.py existed load with sentence-transformers too
+    add_sentence_transformers_files(model_dir)
+    if args.onnx:
+        from clipita.onnx_export import export_onnx
+
+        export_onnx(model_dir)
     problems = check_release_folder(model_dir)
     if not args.skip_load_check and not problems:
         problems += load_check(model_dir)

@@ -30,9 +30,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from transformers import AutoConfig
 
-from clipita.cli import add_loader_arguments, add_node_scoring_argument, load_from_args, run_command
+from clipita.cli import (
+    add_encoder_argument,
+    add_loader_arguments,
+    add_node_scoring_argument,
+    load_from_args,
+    run_command,
+)
 from clipita.encoding import product_encoder
 from clipita.evaluation import precision_at_10
 from clipita.index import (
@@ -50,7 +57,8 @@ from clipita.index.embeddings_dataset import write_embeddings_dataset
 from clipita.index.kinds import open_embeddings
 from clipita.index.shards import write_embeddings_npy
 from clipita.index.vector_db import DEFAULT_COLLECTION, MilvusIndex, export_to_milvus
-from clipita.loading import check_model_folder, load_model, weights_sha256
+from clipita.loading import check_model_folder, weights_sha256
+from clipita.onnx_encoder import load_encoder
 from clipita.schema import PATH_SEPARATOR, synonym_table
 from clipita.tree import CategoryTree, category_nodes
 
@@ -81,7 +89,12 @@ def build(args: argparse.Namespace) -> None:
     # catalogue; each process encodes its part, the main process assembles the index
     state = process_state()
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
-    model, processor = load_model(args.model, device)
+    model, processor = load_encoder(args.model, args.encoder, device)
+    sizes = getattr(model.config, "matryoshka_dims", None) or []
+    if args.dim is not None and args.dim not in sizes:
+        raise ValueError(
+            f"--dim {args.dim}: the model was trained for the nested sizes {sizes} only (matryoshka_dims)"
+        )
     info = model_info(model, args.model)
     with state.main_process_first():  # the demo catalogue is generated once, by the main process
         dataset, load_report = load_from_args(args, args.split)
@@ -103,22 +116,29 @@ def build(args: argparse.Namespace) -> None:
             f"no product of {args.dataset} [{args.split}] could be encoded; see the skip report above"
         )
     world = state.num_processes
+    dim = args.dim or report.dim
+
+    def shards():  # every part's shards in catalogue order, cut to a nested Matryoshka size if asked
+        for emb, meta in iter_parts(out, world):
+            if args.dim is not None:  # the first dims, renormalised
+                emb = emb[:, : args.dim]
+                emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            yield emb, meta
+
     if args.embeddings_dataset:  # --- the vectors as a Hub dataset (issue 17)
         write_embeddings_dataset(
-            iter_parts(out, world), args.embeddings_dataset, dataset_split_name(args.split), report.shards,
-            report.dim, source=args.dataset, model=info["name_or_path"],
+            shards(), args.embeddings_dataset, dataset_split_name(args.split), report.shards, dim,
+            source=args.dataset, model=info["name_or_path"],
         )  # fmt: skip
         print(f"embeddings dataset written to {args.embeddings_dataset} (datasets.load_dataset reads it)")
     # an older index in this folder stops being one while its files are replaced
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     # the embeddings go to the index folder shard by shard and are read from there memory-mapped, so a
     # catalogue larger than memory builds (--memory_budget_mb picks an index with its lists on disk)
-    metadata = write_embeddings_npy(
-        iter_parts(out, world), out / "embeddings.npy", report.encoded, report.dim
-    )
+    metadata = write_embeddings_npy(shards(), out / "embeddings.npy", report.encoded, dim)
     embeddings = open_embeddings(out / "embeddings.npy")
     leaves = sorted({path[-1] for path in metadata.column("category").to_pylist() if path})[:MAX_TEXT_QUERIES]
-    text_queries = model.encode_categories(leaves) if leaves else None
+    text_queries = model.encode_categories(leaves, dim=args.dim) if leaves else None
     index = CatalogueIndex.build(
         embeddings,
         metadata,
@@ -242,12 +262,13 @@ def query(args: argparse.Namespace) -> None:
     config = AutoConfig.from_pretrained(
         name, trust_remote_code=True
     )  # fail on a dimension mismatch before loading
-    if getattr(config, "projection_dim", None) is not None:
+    nested = getattr(config, "matryoshka_dims", None) or []
+    if getattr(config, "projection_dim", None) is not None and index.dim not in nested:
         index.check_dim(config.projection_dim, f"model {name}")
     if not args.allow_model_mismatch:
         index.check_weights(weights_sha256(name), f"model {name}")
     synonyms = read_synonyms(args.synonyms)
-    model, processor = load_model(name, args.device)
+    model, processor = load_encoder(name, args.encoder, args.device)
     depth = max(args.k, 10)  # P@10 needs the top 10 whatever k
     results = search(
         args.queries,
@@ -309,6 +330,14 @@ def parser() -> argparse.ArgumentParser:
         "folder: datasets.load_dataset(FOLDER) reads it, huggingface_hub.upload_folder publishes it",
     )
     b.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    b.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="index embeddings cut to this nested size (a model trained with --matryoshka_dims); "
+        "queries are cut to it too",
+    )
+    add_encoder_argument(b)
     b.set_defaults(run=build)
 
     q = sub.add_parser("query", help="rank the indexed products for category text")
@@ -341,6 +370,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_node_scoring_argument(q, "how a query that names a node scores products")
     q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_encoder_argument(q)
     q.add_argument("queries", nargs="+", help="category text, e.g. 'Mugs' or 'Home > Kitchen > Mugs'")
     # --- the vector database (issue 17)
     q.add_argument(

@@ -109,7 +109,9 @@ def tokenizer_texts(products: Products) -> list[str]:
     )
 
 
-def build_model(config: str, seed: int = 0) -> tuple[CLIPITAModel, CLIPITAProcessor]:
+def build_model(
+    config: str, seed: int = 0, texts: list[str] | None = None
+) -> tuple[CLIPITAModel, CLIPITAProcessor]:
     """A CLIP-ITA model and processor for one of CONFIGS, random weights.
 
     `default`: the project's small from-scratch model (`clipita.bootstrap.build_default_model`:
@@ -117,9 +119,11 @@ def build_model(config: str, seed: int = 0) -> tuple[CLIPITAModel, CLIPITAProces
     openai/clip-vit-base-patch32 architecture: ViT-B/32 at 224 px, 12-layer 512-wide text tower,
     vocabulary 49408) under `CLIPITAConfig(projection_dim=512)`. Its tokenizer is trained locally
     (a few thousand ids, all inside the 49408-row embedding); only token counts depend on it (they
-    may differ somewhat from OpenAI's BPE, which cannot be downloaded here).
+    may differ somewhat from OpenAI's BPE, which cannot be downloaded here). `texts`: the tokenizer's
+    corpus (default: synthetic products' text).
     """
-    texts = tokenizer_texts(synthetic_products(400, seed=seed + 1))
+    if texts is None:
+        texts = tokenizer_texts(synthetic_products(400, seed=seed + 1))
     if config == "default":
         return build_default_model(texts, seed=seed)
     if config != "vit-b-32":

@@ -7,13 +7,19 @@ this is the default when no checkpoint can be downloaded, and what tests and the
 from __future__ import annotations
 
 import heapq
+import json
+import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import torch
 from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPTextConfig, CLIPTokenizer
 
+import custom_st
+from clipita.fileio import write_atomic, write_json
 from configuration_clipita import VARIANTS, CLIPITAConfig
 from modeling_clipita import CLIPITAModel
 from processing_clipita import CLIPITAProcessor
@@ -182,3 +188,29 @@ def register_auto_classes() -> None:
     CLIPITAConfig.register_for_auto_class()
     CLIPITAModel.register_for_auto_class("AutoModel")
     CLIPITAProcessor.register_for_auto_class("AutoProcessor")
+
+
+# sentence-transformers reads these from the folder: one module, the whole model (custom_st.py).
+SENTENCE_TRANSFORMERS_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": f"custom_st.{custom_st.CLIPITASentenceTransformer.__name__}"}
+]
+SENTENCE_TRANSFORMERS_CONFIG = {
+    "model_type": "SentenceTransformer",
+    "prompts": {},
+    "default_prompt_name": None,
+    "similarity_fn_name": "cosine",
+}
+
+
+def add_sentence_transformers_files(folder: str | os.PathLike) -> None:
+    """Make a model folder load with `SentenceTransformer(folder, trust_remote_code=True)` too:
+    custom_st.py (remote code), modules.json and config_sentence_transformers.json."""
+    folder = Path(folder)
+    write_atomic(folder / "custom_st.py", lambda tmp: shutil.copyfile(custom_st.__file__, tmp))
+    write_atomic(
+        folder / "modules.json",
+        lambda tmp: tmp.write_text(
+            json.dumps(SENTENCE_TRANSFORMERS_MODULES, indent=2) + "\n", encoding="utf-8"
+        ),
+    )
+    write_json(folder / "config_sentence_transformers.json", SENTENCE_TRANSFORMERS_CONFIG)

@@ -27,7 +27,7 @@ TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_card.md"
 LICENSE = "apache-2.0"
 PIPELINE_TAG = "zero-shot-image-classification"  # closest Hub task: text labels (categories) vs images
 TASK_NAME = "Category-to-image retrieval"
-TAGS = ["clip", "e-commerce", "retrieval", "category-to-image", "custom_code"]
+TAGS = ["clip", "e-commerce", "retrieval", "category-to-image", "custom_code", "sentence-transformers"]
 METRICS = ("P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision", "R@10", "MRR", "nDCG@10")
 VARIANT_TITLES = {"clip-i": "CLIP-I", "clip-ia": "CLIP-IA", "clip-ita": "CLIP-ITA"}
 # Table 1 of the paper (XMarket, P@10 / mAP@10 in %), for the reader's reference only.

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from clipita.data import PRESETS, CatalogueSchemaError, load_catalogue
+from clipita.onnx_encoder import ENCODERS
 from clipita.schema import PATH_SEPARATOR
 from clipita.tree import DEFAULT_NODE_SCORING, NODE_SCORINGS, category_nodes, is_unseen, seen_nodes
 
@@ -73,6 +74,17 @@ def add_node_scoring_argument(parser: argparse.ArgumentParser, what: str) -> Non
         choices=tuple(NODE_SCORINGS),
         default=DEFAULT_NODE_SCORING,
         help=f"{what}; " + "; ".join(f"{k}: {v}" for k, v in NODE_SCORINGS.items()),
+    )
+
+
+def add_encoder_argument(parser: argparse.ArgumentParser) -> None:
+    """`--encoder` (`clipita.onnx_encoder.ENCODERS`): what encodes products and queries."""
+    parser.add_argument(
+        "--encoder",
+        choices=ENCODERS,
+        default="torch",
+        help="the PyTorch model, or the model folder's ONNX export (python -m clipita.onnx_export) run by "
+        "ONNX Runtime in float32 (onnx) or int8 (onnx-int8)",
     )
 
 

@@ -254,7 +254,10 @@ def product_encoder(model, processor=None, batch_size: int = 64) -> EncodeBatch:
 
 def softmax_temperature(model) -> float:
     """The temperature of a CLIP-ITA model's contrastive softmax, 1 / exp(logit_scale) clamped as the loss
-    clamps it: what "tree" node scoring (`clipita.tree.tree_posterior`) reads the category softmax at."""
+    clamps it: what "tree" node scoring (`clipita.tree.tree_posterior`) reads the category softmax at.
+    `model.logit_scale`: a tensor (PyTorch) or a float (`clipita.onnx_encoder.OnnxEncoder`)."""
     from modeling_clipita import MAX_LOGIT_SCALE
 
-    return float(1.0 / np.exp(min(float(model.logit_scale.detach().float()), MAX_LOGIT_SCALE)))
+    scale = model.logit_scale
+    scale = float(scale.detach().float()) if hasattr(scale, "detach") else float(scale)
+    return float(1.0 / np.exp(min(scale, MAX_LOGIT_SCALE)))

@@ -285,6 +285,14 @@ def clipita_embeddings(model, processor, products, batch_size: int = 64) -> tupl
     return embeds, encode_queries
 
 
+def matryoshka_cut(embeds: np.ndarray, encode_queries: Callable, dim: int) -> tuple[np.ndarray, Callable]:
+    """Product embeddings and the query encoder cut to their first `dim` dimensions, renormalised (a model
+    trained with `matryoshka_dims`; NaN rows, the skipped products, stay NaN)."""
+    return l2_normalise(embeds[:, :dim]), lambda texts: l2_normalise(
+        np.asarray(encode_queries(texts))[:, :dim]
+    )
+
+
 def evaluate_dense(
     embeds: np.ndarray,
     encode_queries: Callable,

@@ -29,7 +29,7 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from clipita.secrets import GZIP_MAGIC, ZIP_MAGIC, scan_files
 
-CODE_FILES = ("configuration_clipita.py", "modeling_clipita.py", "processing_clipita.py")
+CODE_FILES = ("configuration_clipita.py", "modeling_clipita.py", "processing_clipita.py", "custom_st.py")
 MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel")
 PICKLE_PROTOCOLS = range(2, 6)  # pickles of protocol 2+ start with PROTO (0x80) and the protocol number
 # Opcodes that import or call: a protocol 0/1 pickle (no header) holding one can run code when loaded
@@ -103,6 +103,25 @@ def _check_code(folder: Path, problems: list[str]) -> None:
                 problems.append(
                     f"code file {name} line {node.lineno} imports the clipita package (not on the Hub)"
                 )
+
+
+def _check_sentence_transformers(folder: Path, problems: list[str]) -> None:
+    """modules.json names custom_st.py's module (clipita.bootstrap.add_sentence_transformers_files writes it)."""
+    hint = "(clipita.bootstrap.add_sentence_transformers_files writes it)"
+    path = folder / "modules.json"
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"modules.json is missing: SentenceTransformer cannot load the folder {hint}")
+        return
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        problems.append(f"modules.json is not valid JSON: {error}")
+        return
+    types = [m.get("type") for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    if not any(isinstance(t, str) and t.startswith("custom_st.") for t in types):
+        problems.append(f"modules.json does not name a custom_st module {hint}")
+    if _read_json(folder / "config_sentence_transformers.json", problems) is None:
+        problems[-1] += f" {hint}"
 
 
 def _is_pickle_stream(head: bytes) -> bool:
@@ -268,6 +287,7 @@ def check_release_folder(model_dir: str | os.PathLike) -> list[str]:
             problems,
         )
     _check_code(folder, problems)
+    _check_sentence_transformers(folder, problems)
     _check_weights(folder, files, problems)
     _check_tokenizer(files, processor_config, problems)
     problems += check_model_card(folder / "README.md")

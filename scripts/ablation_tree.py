@@ -94,6 +94,55 @@ def table(found: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The issue's targets against the paper's row of the same run: (column, path into per_depth, target delta);
+# a leaf target is "not worse by more than 0.01".
+TARGETS = (
+    ("middle mAP@10", ("retrieval", "depth2", "all", "mAP@10"), 0.15),
+    ("middle placed new", ("placement", "depth2", "new", "top1"), 0.15),
+    ("root mAP@10", ("retrieval", "root", "all", "mAP@10"), 0.10),
+    ("leaf mAP@10 seen", ("retrieval", "leaf", "seen", "mAP@10"), -0.01),
+    ("leaf mAP@10 unseen", ("retrieval", "leaf", "unseen", "mAP@10"), -0.01),
+)
+
+
+def deltas(found: dict, baseline: str = "paper") -> str:
+    """Each row minus the paper's row, seed by seed: mean (min-max), and whether the mean meets the target."""
+    lines = [
+        "",
+        "## Against the paper's row, seed by seed",
+        "",
+        "Each cell: the row's value minus the paper row's for the same seed, mean over seeds (min-max); "
+        "[ok] where the mean meets the issue's target (middle and middle placement of new types +0.15, "
+        "root +0.10, leaves not worse than -0.01).",
+    ]
+    for cat, rows in found.items():
+        if baseline not in rows:
+            continue
+        lines += ["", f"### {cat} catalogue", ""]
+        lines += ["| row | " + " | ".join(f"{name} (target {t:+.2f})" for name, _, t in TARGETS) + " |"]
+        lines += ["|" + "---|" * (len(TARGETS) + 1)]
+        for row, reports in rows.items():
+            if row == baseline:
+                continue
+            cells = []
+            for _, path, target in TARGETS:
+                diff = [
+                    a - b
+                    for a, b in zip(
+                        (value(r, path) for r in reports), (value(r, path) for r in rows[baseline])
+                    )
+                    if a is not None and b is not None
+                ]
+                if not diff:
+                    cells.append("-")
+                    continue
+                mean = float(np.mean(diff))
+                mark = " [ok]" if mean >= target else ""
+                cells.append(f"{mean:+.3f} ({min(diff):+.2f} to {max(diff):+.2f}){mark}")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(found: dict, path: Path) -> None:
     import matplotlib
 
@@ -131,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     found = collect(args.runs)
     if not found:
         raise SystemExit(f"error: no <catalogue>/results/<row>-s<seed>.json under {args.runs}")
-    text = table(found, args.command)
+    text = table(found, args.command) + deltas(found)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(text)
     plot(found, args.plot)

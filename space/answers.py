@@ -189,6 +189,7 @@ def classify_image(
         titles=[" ".join(str(title or "").split())],
         attributes=[split_attributes(attributes)],
         processor=variant.processor,
+        dim=variant.dim,
     )[0]
     ranked = suggest_paths(product[None, :], variant.category_embeds, variant.nodes, len(variant.nodes))[0]
     logits = variant.logit_scale * np.array([score for _, score in ranked])

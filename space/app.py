@@ -24,7 +24,7 @@ from typing import Any
 import gradio as gr
 from fastapi.middleware import Middleware
 
-from clipita.cli import add_node_scoring_argument
+from clipita.cli import add_encoder_argument, add_node_scoring_argument
 from clipita.index import MAX_QUERY_CHARS
 from clipita.schema import path_text
 from clipita.tree import CategoryTree
@@ -311,6 +311,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     add_node_scoring_argument(parser, "how a category query that names a node scores products")
+    add_encoder_argument(parser)
     parser.add_argument(
         "--backend",
         choices=("faiss", "milvus"),
@@ -346,7 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     args = parse_args(argv)
     try:
-        loaded = variants.load_variants(args.model, args.index, args.catalogue, args.name)
+        loaded = variants.load_variants(
+            args.model, args.index, args.catalogue, args.name, encoder=args.encoder
+        )
         for variant in loaded:
             variant.node_scoring = args.node_scoring
         if args.backend == "milvus":

@@ -17,7 +17,8 @@ import numpy as np
 
 from clipita.encoding import softmax_temperature
 from clipita.index import CatalogueIndex
-from clipita.loading import load_model, weights_sha256
+from clipita.loading import weights_sha256
+from clipita.onnx_encoder import load_encoder
 from clipita.schema import path_text
 from clipita.tree import DEFAULT_NODE_SCORING, CategoryTree
 
@@ -35,7 +36,7 @@ class Variant:
 
     name: str
     source: str
-    model: Any  # the folder's remote-code CLIP-ITA model, in eval mode
+    model: Any  # the folder's remote-code CLIP-ITA model in eval mode, or its OnnxEncoder
     processor: Any
     index: CatalogueIndex
     images: catalogue_images.ProductImages
@@ -45,6 +46,7 @@ class Variant:
     node_scoring: str = (
         DEFAULT_NODE_SCORING  # how /search_category scores a named node (clipita.tree.NODE_SCORINGS)
     )
+    dim: int | None = None  # the index's nested (Matryoshka) size, when it holds embeddings cut to one
     searcher: Any = None  # what /search_category searches when not `index`: a vector database (issue 17)
 
     @property
@@ -88,12 +90,14 @@ def load_variants(
     names: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     allow_model_mismatch: bool = False,
+    encoder: str = "torch",
 ) -> list[Variant]:
     """Load every (model, index) pair once; pairs built from one catalogue share its images.
 
     A model given as None is the one the index manifest records; a model whose weights differ from those
     that built its index is refused unless `allow_model_mismatch`. `catalogue` overrides the catalogue the
-    manifests record (where the products' images come from).
+    manifests record (where the products' images come from). `encoder`: "torch", or the model folders' ONNX
+    export ("onnx", "onnx-int8"; clipita.onnx_encoder).
     """
     if not indexes or len(models) != len(indexes):
         raise ValueError(f"give one index per model: got {len(models)} model(s) and {len(indexes)} index(es)")
@@ -106,8 +110,10 @@ def load_variants(
     for i, (model_spec, index_spec) in enumerate(zip(models, indexes)):
         index = CatalogueIndex.load(resolve_index(index_spec))
         model_spec = model_spec or recorded_model(index, index_spec)
-        model, processor = load_model(model_spec)
-        index.check_dim(model.config.projection_dim, f"model {model_spec}")
+        model, processor = load_encoder(model_spec, encoder)
+        dim = index.dim if index.dim in (getattr(model.config, "matryoshka_dims", None) or []) else None
+        if dim is None:
+            index.check_dim(model.config.projection_dim, f"model {model_spec}")
         if not allow_model_mismatch:
             index.check_weights(weights_sha256(model_spec), f"model {model_spec}")
         recorded = recorded_catalogue(index)
@@ -140,7 +146,7 @@ def load_variants(
             )
         tree = CategoryTree(index.metadata.column("category").to_pylist())
         category_paths = [path_text(node) for node in tree.nodes()]
-        category_embeds = model.encode_categories(category_paths, processor=processor)
+        category_embeds = model.encode_categories(category_paths, processor=processor, dim=dim)
         name = names[i] if names else (model.config.variant or Path(model_spec).name)
         variants.append(
             Variant(
@@ -153,6 +159,7 @@ def load_variants(
                 category_paths,
                 category_embeds,
                 tree.nodes(),
+                dim=dim,
             )
         )
     taken = [v.name for v in variants]

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
-REMOTE_CODE = ("configuration_clipita", "modeling_clipita", "processing_clipita")
+REMOTE_CODE = ("configuration_clipita", "modeling_clipita", "processing_clipita", "custom_st")
 REMOTE_CODE_MAY_IMPORT = {"torch", "transformers", "numpy", "PIL", *sys.stdlib_module_names, *REMOTE_CODE}
 SCRIPT_FOLDERS = ("space", "bench")  # run as scripts too: their modules import each other as top-level names
 

@@ -52,22 +52,58 @@ def test_encode_throughput_quick():
     assert float(lines[-1].split()[1]) == figures(lines, "products/s end-to-end")[2]
 
 
+@pytest.fixture(scope="module")
+def small_catalogue(tmp_path_factory) -> Path:
+    """A 60-product catalogue from the demo generator: batches with the demo's kind of repetition."""
+    from clipita.catalogue import generate_catalogue
+
+    return generate_catalogue(tmp_path_factory.mktemp("catalogue"), num_products=60, progress=False)
+
+
 @pytest.mark.slow  # a benchmark run
-def test_train_throughput_quick_checkpointing_reaches_the_clip_towers():
-    lines = run_bench("train_throughput.py", "--batch-size", "2", "--steps", "1", "--checkpointing", "on")
+def test_train_throughput_quick_checkpointing_reaches_the_clip_towers(small_catalogue):
+    lines = run_bench(
+        "train_throughput.py",
+        *("--batch-size", "4", "--steps", "1", "--checkpointing", "on", "--levels", "general"),
+        *("--dataset", str(small_catalogue)),
+    )
     rows = {}
     for line in lines:
-        parts = re.match(r"^on\s+(CLIP-ITA|plain CLIP)\s.*\s(\d+) / (\d+) \((\d+)/(\d+)\)$", line)
+        parts = re.match(
+            r"^on\s+general\s+(CLIP-ITA, every text|CLIP-ITA|plain CLIP)\s+\d.*\s(\d+) / (\d+) \((\d+)/(\d+)\)$",
+            line,
+        )
         if parts:
             rows[parts.group(1)] = tuple(int(x) for x in parts.groups()[1:])
-    assert set(rows) == {"CLIP-ITA", "plain CLIP"}
+    assert set(rows) == {"CLIP-ITA", "CLIP-ITA, every text", "plain CLIP"}
     for model, (forward, step, checkpointed, layers) in rows.items():
         # every tower layer is checkpointed, so backward runs each layer's forward once more
         assert (step, checkpointed) == (2 * forward, layers), model
-    # CLIP-ITA runs the towers four times (image, title, attributes, category), plain CLIP twice.
-    assert rows["CLIP-ITA"][0] == 2 * rows["plain CLIP"][0]
-    samples = figures(lines, "CLIP-ITA / plain, checkpointing on: samples/s")
+    # Encoding every text runs the towers four times (image, title, attributes, category), plain CLIP twice;
+    # unique-text encoding runs the text tower once per length bucket of the step's distinct texts.
+    assert rows["CLIP-ITA, every text"][0] == 2 * rows["plain CLIP"][0]
+    assert rows["plain CLIP"][0] <= rows["CLIP-ITA"][0] <= rows["CLIP-ITA, every text"][0]
+    # "general": the batch's 4 category names come from a few roots, so deduplication removes some
+    removed = next(line for line in lines if line.startswith("general "))
+    assert re.search(r"\d+ / \d+ \(\d+%\)", removed)
+    samples = figures(lines, "CLIP-ITA / plain, level general, checkpointing on: samples/s")
     assert float(lines[-1].split()[1]) == samples[0]
+    assert any(line.startswith("data pipeline, level general:") for line in lines)
+
+
+@pytest.mark.slow  # a benchmark run
+def test_cached_features_quick(small_catalogue):
+    lines = run_bench(
+        "cached_features.py", "--products", "8", "--batch-size", "4", "--dataset", str(small_catalogue)
+    )
+    epochs = [line.split() for line in lines if re.match(r"^(uncached|cached)\s+\d+\s", line)]
+    assert [(side, epoch) for side, epoch, *_ in epochs] == [
+        ("uncached", "0"), ("uncached", "1"), ("cached", "0"), ("cached", "1")
+    ]  # fmt: skip
+    assert figures(lines, "first (caching) epoch / the same epoch uncached: time")[0] > 0
+    assert re.search(
+        r"\(8 image, \d+ text computed\)", next(x for x in lines if x.startswith("features stored"))
+    )
 
 
 @pytest.mark.slow  # a benchmark run
@@ -104,3 +140,48 @@ def test_flop_counts_split_by_pass():
     attention = 2 * 2 * tokens * tokens * width * layers
     patch = 2 * 64 * (3 * 8 * 8) * width
     assert per_pass["image"] == pytest.approx(linear + attention + patch + 2 * width * width, rel=1e-6)
+
+
+@pytest.mark.slow  # a benchmark run
+def test_onnx_throughput_quick():
+    pytest.importorskip("onnxruntime")
+    lines = run_bench("onnx_throughput.py", "--num-products", "4", "--batch-size", "2", "--repeats", "1")
+    for label in ("products/s end-to-end", "products/s forward only", "categories/s end-to-end"):
+        *speeds, ratio, low, high = figures(lines, label)[:7]  # PyTorch, fp32, int8 dynamic, int8 weight-only
+        assert min(speeds) > 0 and low <= ratio <= high
+    assert float(lines[-1].split()[1]) == figures(lines, "products/s end-to-end")[4]
+    difference = next(line for line in lines if line.startswith("max abs difference"))
+    onnx_diff = float(re.search(r"onnx (\S+),", difference).group(1))
+    assert onnx_diff <= 1e-4  # the float export is the model
+
+
+@pytest.mark.slow  # a benchmark run
+def test_onnx_int8_recall_quick(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from clipita.catalogue import generate_catalogue
+    from tests.test_card import save_tiny_release
+
+    save_tiny_release(tmp_path / "model")
+    generate_catalogue(tmp_path / "catalogue", num_products=150, progress=False)
+    done = subprocess.run(
+        [sys.executable, "bench/onnx_int8_recall.py", "--quick", "--threads", "1"]
+        + [
+            "--model",
+            str(tmp_path / "model"),
+            "--dataset",
+            str(tmp_path / "catalogue"),
+            "--batch-size",
+            "16",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert RATIO.match(lines[-1]) and 0 < float(lines[-1].split()[1]) <= 1
+    torch_row, fp32_row = figures(lines, "PyTorch"), figures(lines, "ONNX fp32")
+    assert 0 < figures(lines, "int8 w-only")[0] <= 1
+    assert torch_row[0] == 1.0 and fp32_row[0] == 1.0  # the float export returns PyTorch's top 10
+    assert not (tmp_path / "model" / "onnx").exists()  # the bench exports into a copy

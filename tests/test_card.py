@@ -15,7 +15,6 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 
-from clipita.bootstrap import register_auto_classes
 from clipita.card import TAGS, render_model_card
 from clipita.results import select_result
 from tests.conftest import ROOT, tiny_model
@@ -114,6 +113,9 @@ def fake_training() -> tuple[dict, dict]:
 
 def save_tiny_release(folder):
     """A tiny CLIP-ITA with weights moved away from their initial values, saved with its processor."""
+    # imported here: test_no_token_reaches_the_folder_or_the_logs imports this module in a fresh process
+    from clipita.bootstrap import add_sentence_transformers_files, register_auto_classes
+
     register_auto_classes()  # the folder gets its auto_map and code files, as a release needs
     model, processor = tiny_model()
     generator = torch.Generator().manual_seed(1)
@@ -122,6 +124,7 @@ def save_tiny_release(folder):
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    add_sentence_transformers_files(folder)
     return model, processor
 
 
@@ -189,6 +192,7 @@ def test_card_body_shows_usage_results_plot_and_citation(release):
     assert 'AutoModel.from_pretrained("org/clip-ita", trust_remote_code=True)' in text
     assert "model.encode_categories(" in text and "model.encode_products(" in text
     assert "attributes=[[" in text and "titles=[" in text  # CLIP-ITA needs all three modalities
+    assert 'SentenceTransformer("org/clip-ita", trust_remote_code=True)' in text and '"title": "Red' in text
     specific_unseen = results["settings"]["specific"]["unseen"]
     row = [f"{100 * specific_unseen[m]:.2f}" for m in METRICS]
     assert "| specific | unseen | 10 | " + " | ".join(row) + " |" in text

@@ -1,4 +1,5 @@
-"""Contrastive gradients: feature-cache accumulation equals one big batch, and two processes equal one."""
+"""Contrastive gradients: feature-cache accumulation equals one big batch, two processes equal one, and
+encoding each distinct text once equals encoding every text."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -111,7 +113,8 @@ def free_port() -> int:
 @pytest.mark.multiprocess  # accelerate launch, two processes
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path):
-    """Two CPU processes (gloo): gathered negatives, DDP averaging accounted for."""
+    """Two CPU processes (gloo): gathered negatives, DDP averaging accounted for, each process encoding its
+    own distinct texts once, against one process encoding every text."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
@@ -123,7 +126,8 @@ def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path):
 
     model, processor = tiny_model(loss_type="multi_positive")
     batch = fixed_batch(model, processor, size=8)
-    loss, grads = step_gradients(model, [batch])  # one process, the whole global batch
+    # one process, the whole global batch, every text encoded (the processes deduplicate their own rows)
+    loss, grads = step_gradients(without_deduplication(model), [batch])
     for accumulation in (1, 2):
         saved = torch.load(tmp_path / f"accumulation{accumulation}.pt")
         assert saved["loss"] == pytest.approx(loss, abs=1e-5)
@@ -155,3 +159,123 @@ def test_feature_cache_accumulation_equals_one_big_batch_with_broad_dropout():
     cached_loss, cached = step_gradients(model, split(batch, 4))
     assert cached_loss == pytest.approx(big_loss, abs=1e-5)
     assert_same_gradients(big, cached)
+
+
+class TextRows:
+    """Counts the sequences CLIP's text tower encodes."""
+
+    def __init__(self, model):
+        self.rows = 0
+        model.clip.text_model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, _module, args, kwargs):
+        self.rows += (args[0] if args else kwargs["input_ids"]).shape[0]
+
+
+def without_deduplication(model):
+    model = copy.deepcopy(model)
+    model.config.deduplicate_texts = False
+    return model
+
+
+def one_bucket_per_length(model):
+    """Every distinct length its own text-tower call: the most buckets, as a long text among short ones makes."""
+    model._text_call_cost = lambda: 0
+    return model
+
+
+@pytest.mark.parametrize("buckets", ["chosen", "one per length"])
+@pytest.mark.parametrize("loss_type", ["infonce", "multi_positive"])
+def test_unique_text_encoding_gives_the_same_loss_and_gradients(loss_type, buckets):
+    """Each distinct text encoded once, in length buckets: same step, fewer text-tower rows."""
+    model, processor = tiny_model(loss_type=loss_type)
+    if buckets == "one per length":
+        one_bucket_per_length(model)
+    batch = fixed_batch(model, processor)  # "general": 3 roots for 8 pairs, so category names repeat
+    real = batch["attribute_mask"].bool()
+    assert torch.unique(batch["category_input_ids"], dim=0).shape[0] < batch["category_input_ids"].shape[0]
+    assert torch.unique(batch["attribute_input_ids"][real], dim=0).shape[0] < int(real.sum())
+    reference = without_deduplication(model)
+    assert model.config.deduplicate_texts and not reference.config.deduplicate_texts
+
+    counted = {name: TextRows(m) for name, m in (("unique", model), ("every", reference))}
+    for m in (model, reference):
+        m(**{k: v for k, v in batch.items() if k != "category_ids"})
+    assert counted["unique"].rows < counted["every"].rows
+
+    for micro_batches in (1, 4):  # one batch, and feature-cache accumulation over 4 micro-batches
+        loss, grads = step_gradients(model, split(batch, micro_batches))
+        expected_loss, expected = step_gradients(reference, split(batch, micro_batches))
+        assert loss == pytest.approx(expected_loss, abs=1e-6)
+        assert_same_gradients(expected, grads)
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_unique_text_encoding_keeps_every_rows_outputs(per_token):
+    """Length buckets (and, when hidden states are asked for, one call on the distinct rows) give every
+    row the output it gets alone, at each of its real tokens."""
+    model, processor = tiny_model()
+    one_bucket_per_length(model)
+    batch = fixed_batch(model, processor)
+    inputs = {k: v for k, v in batch.items() if k != "category_ids"}
+    model.eval()
+    with torch.no_grad():
+        unique = model(**inputs, output_hidden_states=per_token)
+        every = without_deduplication(model)(**inputs, output_hidden_states=per_token)
+    real = batch["attribute_mask"].bool()
+    masks = {
+        "category_model_output": batch["category_attention_mask"],
+        "attribute_model_output": batch["attribute_attention_mask"][real],
+        "title_model_output": batch["title_attention_mask"],
+    }
+    for name, mask in masks.items():
+        ours, theirs = unique[name], every[name]
+        assert ours.keys() == theirs.keys()
+        assert ours.last_hidden_state.shape == theirs.last_hidden_state.shape
+        tokens = mask[:, : ours.last_hidden_state.shape[1]].bool()
+        torch.testing.assert_close(ours.last_hidden_state[tokens], theirs.last_hidden_state[tokens])
+        torch.testing.assert_close(ours.pooler_output, theirs.pooler_output)
+        if per_token:
+            assert len(ours.hidden_states) == len(theirs.hidden_states)
+            torch.testing.assert_close(ours.hidden_states[-1], theirs.hidden_states[-1])
+    torch.testing.assert_close(unique.logits_per_category, every.logits_per_category)
+
+
+def test_length_buckets_cut_padding():
+    """Titles of different lengths go through the tower in groups, each cut to its longest: fewer tokens."""
+    model, processor = tiny_model()
+    titles = [f"short {i}" for i in range(30)] + [" ".join(["long"] * 20 + [str(i)]) for i in range(4)]
+    batch = processor(titles=titles, return_tensors="pt")
+    tokens = []
+    model.clip.text_model.register_forward_pre_hook(
+        lambda _m, args, kwargs: tokens.append((args[0] if args else kwargs["input_ids"]).numel()),
+        with_kwargs=True,
+    )
+    model._unique_text_features(batch["title_input_ids"], batch["title_attention_mask"])
+    assert len(tokens) == 2 and sum(tokens) < batch["title_input_ids"].numel()
+
+
+def test_encode_categories_encodes_each_distinct_name_once():
+    model, processor = tiny_model()
+    names = ["mugs", "kettles", "mugs", "home", "mugs", "kettles"]
+    counter = TextRows(model)
+    embeds = model.encode_categories(names, processor=processor)
+    assert counter.rows == 3
+    expected = without_deduplication(model).encode_categories(names, processor=processor)
+    np.testing.assert_allclose(embeds, expected, atol=1e-6)
+    np.testing.assert_allclose(embeds[0], embeds[2], atol=0)  # one encoding, shared
+
+
+def test_text_dropout_turns_deduplication_off_in_training():
+    """With dropout in the text tower every row draws its own mask, as without deduplication."""
+    model, processor = tiny_model()
+    model.config.clip_config.text_config.attention_dropout = 0.1
+    batch = fixed_batch(model, processor)
+    counter = TextRows(model)
+    model.train()
+    model(**{k: v for k, v in batch.items() if k != "category_ids"})
+    trained_rows = counter.rows
+    counter.rows = 0
+    model.eval()
+    model(**{k: v for k, v in batch.items() if k != "category_ids"})
+    assert counter.rows < trained_rows

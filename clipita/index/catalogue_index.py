@@ -473,9 +473,11 @@ def search(
     if isinstance(index, (str, os.PathLike)):
         index = CatalogueIndex.load(index)
     name = getattr(model, "name_or_path", None) or type(model).__name__
-    if (dim := model_dim(model)) is not None:
-        index.check_dim(dim, f"model {name}")
     kwargs = {"processor": processor} if processor is not None else {}
+    if index.dim in (getattr(getattr(model, "config", None), "matryoshka_dims", None) or []):
+        kwargs["dim"] = index.dim  # an index of the model's embeddings cut to a nested (Matryoshka) size
+    elif (dim := model_dim(model)) is not None:
+        index.check_dim(dim, f"model {name}")
 
     def encode(items: Sequence) -> np.ndarray:
         query = np.asarray(model.encode_categories(list(items), convert_to_numpy=True, **kwargs))

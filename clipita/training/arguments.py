@@ -29,6 +29,19 @@ def _broad_dropout(value: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _sizes(value: str) -> list[int]:
+    """ "32,16" -> [32, 16]: the nested Matryoshka sizes."""
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 32,16, got {value!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 32,16, got {value!r}")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipita.cli import OneDefaultHelpFormatter, add_loader_arguments
 
@@ -54,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="sample this many category queries per evaluation (default: all)",
+    )
+    data.add_argument(
+        "--pixel_cache_gib",
+        type=float,
+        default=1.0,
+        help="keep training images' processed pixels between epochs, up to this many GiB (0: off)",
     )
     data.add_argument(
         "--dataloader_num_workers",
@@ -91,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOSSES,
         default="infonce",
         help="multi_positive: same-category pairs are not negatives",
+    )
+    model.add_argument(
+        "--matryoshka_dims",
+        type=_sizes,
+        default=None,
+        help="nested embedding sizes trained alongside the full one (Matryoshka), e.g. 32,16: embeddings "
+        "can then be cut to them (encode_*(dim=...), search.py build --dim, eval.py reports each; default: none)",
     )
     model.add_argument(
         "--temperature",
@@ -144,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--freeze_towers", action="store_true", help="freeze CLIP's vision and text towers")
     training.add_argument("--freeze_vision", action="store_true", help="freeze CLIP's vision tower")
     training.add_argument("--freeze_text", action="store_true", help="freeze CLIP's text tower")
+    training.add_argument(
+        "--cache_tower_features",
+        action="store_true",
+        help="compute the frozen towers' outputs once and store them in OUTPUT_DIR/tower_features (keyed by "
+        "input content and weights; reused by a resumed or repeated run); needs a --freeze_* flag",
+    )
     training.add_argument("--learning_rate", type=float, default=1e-3, help="heads and attribute tower")
     training.add_argument(
         "--tower_learning_rate",
@@ -243,6 +275,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         args.output_dir = f"outputs/{args.variant}"
     if args.freeze_towers:
         args.freeze_vision = args.freeze_text = True
+    if args.cache_tower_features and not (args.freeze_vision or args.freeze_text):
+        raise ValueError(
+            "--cache_tower_features needs a frozen tower (--freeze_towers, --freeze_vision or --freeze_text): "
+            "a trained tower's outputs change every step"
+        )
     if args.tower_learning_rate is None:
         args.tower_learning_rate = 1e-5 if args.base_model else args.learning_rate
     positive = {
@@ -255,7 +292,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in positive.items():
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be positive, got {value}")
-    for name in ("eval_steps", "save_steps", "logging_steps", "warmup_steps", "dataloader_num_workers"):
+    for name in (
+        "eval_steps", "save_steps", "logging_steps", "warmup_steps", "dataloader_num_workers", "pixel_cache_gib"
+    ):  # fmt: skip
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.max_steps is not None and args.max_steps <= 0:

@@ -9,7 +9,7 @@ import logging
 import math
 from pathlib import Path
 
-from clipita.bootstrap import register_auto_classes
+from clipita.bootstrap import add_sentence_transformers_files, register_auto_classes
 from clipita.fileio import write_json
 from clipita.training.checkpoints import TrainerState
 from clipita.training.plots import plot_training_curve
@@ -90,6 +90,7 @@ def write_outputs(
     register_auto_classes()  # config.json gets its auto_map, and the code files are copied next to it
     model.save_pretrained(output_dir, safe_serialization=True)
     processor.save_pretrained(output_dir)
+    add_sentence_transformers_files(output_dir)
     write_json(output_dir / ARGS_FILE, vars(args))
     write_json(output_dir / METRICS_FILE, metrics)
     curve = [{"step": e["step"], **e["overall"]} for e in state.evaluations]

@@ -36,6 +36,7 @@ def model_config_overrides(args: argparse.Namespace) -> dict:
         loss_type=args.loss,
         contrastive_temperature=args.temperature,
         learnable_temperature=args.learnable_temperature,
+        matryoshka_dims=getattr(args, "matryoshka_dims", None),
     )
 
 

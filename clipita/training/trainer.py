@@ -29,6 +29,7 @@ from clipita.training import checkpoints as ckpt
 from clipita.training.checkpoints import TrainerState
 from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
 from clipita.training.export import build_metrics, push_to_hub, write_outputs
+from clipita.training.feature_cache import TowerFeatureCache, check_cacheable
 from clipita.training.gradcache import contrastive_step
 from clipita.training.model_setup import (
     build_model,
@@ -36,6 +37,7 @@ from clipita.training.model_setup import (
     enable_activation_checkpointing,
     optimizer_groups,
 )
+from clipita.training.pixel_cache import with_pixel_memo
 from clipita.training.validation import PRIMARY_METRIC, Validator, flatten_metrics
 from clipita.tree import NodeVocabulary
 
@@ -199,7 +201,11 @@ class Trainer:
             self.pairs,
             batch_size=args.per_device_train_batch_size,
             sampler=EpochSampler(len(self.pairs), args.seed),
-            collate_fn=PairCollator(self.processor, NodeVocabulary(train_paths), modalities),
+            collate_fn=PairCollator(
+                with_pixel_memo(self.processor, int(getattr(args, "pixel_cache_gib", 0.0) * 2**30)),
+                NodeVocabulary(train_paths),
+                modalities,
+            ),
             drop_last=True,
             num_workers=args.dataloader_num_workers,
         )
@@ -233,6 +239,13 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         if resume is not None:
             self._resume(resume)
+        self.feature_cache = None
+        if getattr(args, "cache_tower_features", False):
+            unwrapped = accelerator.unwrap_model(self.model)
+            self.feature_cache = TowerFeatureCache(
+                unwrapped, self.output_dir, check_cacheable(unwrapped), accelerator.process_index
+            )
+            self.feature_cache.install()
         if accelerator.is_main_process and args.report_to != "none":
             accelerator.init_trackers(TRACKER_PROJECT, config=_tracker_config(args))
 
@@ -338,6 +351,8 @@ class Trainer:
     def save_checkpoint(self, step: int) -> Path:
         """A complete checkpoint of the run (every process takes part)."""
         main = self.accelerator.is_main_process
+        if self.feature_cache is not None:
+            self.feature_cache.save()
         if main:
             self.state.checkpoint_best_step = self.state.best_step
         path = ckpt.save_checkpoint(

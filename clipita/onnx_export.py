@@ -1,0 +1,293 @@
+"""Export a CLIP-ITA folder's two encoders to ONNX (`onnx/` in the folder), with an int8 variant.
+
+The graphs are traced from the model's own modules (towers, attribute projection and pooler, heads), so
+the numbers are the model's and preprocessing stays the processor's: an ONNX user runs
+`CLIPITAProcessor` and feeds its arrays (`clipita.onnx_encoder.OnnxEncoder` does). Exported:
+
+- `onnx/category_encoder.onnx`: category_input_ids, category_attention_mask -> embeddings [N, d]
+- `onnx/product_encoder.onnx`: the processor's product arrays for the model's modalities -> [B, d]
+- `onnx/*_int8.onnx`: the same with int8 weights (INT8_METHODS: `quantize_dynamic`, or weight-only blocks)
+- `onnx/manifest.json`: inputs, opset, the weights' sha256 they were exported from, and the parity measured
+
+Every output is L2-normalised like `encode_categories` / `encode_products`.
+
+    python -m clipita.onnx_export --model outputs/clip-ita [--int8 dynamic|weight-only|none] [--parity 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from clipita.cli import run_command
+from clipita.fileio import write_json
+from clipita.loading import load_model, weights_sha256
+from clipita.onnx_encoder import (
+    CATEGORY_INPUTS,
+    MANIFEST,
+    ONNX_DIR,
+    VARIANT_FILES,
+    OnnxEncoder,
+    product_inputs_of,
+)
+
+OPSET = 17
+
+
+class CategoryEncoder(nn.Module):
+    """`model.get_category_features` as a graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, category_input_ids: torch.Tensor, category_attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.get_category_features(category_input_ids, category_attention_mask)
+
+
+class ProductEncoder(nn.Module):
+    """`model.get_product_features` as a graph with shapes fixed only by its inputs.
+
+    The model encodes only the real attributes (a boolean-mask gather whose size depends on the data,
+    which a trace would freeze); here every attribute slot goes through the text tower and the pooler
+    weighs the padding slots by zero, the same sum. A padding slot keeps its first position visible so
+    that its (discarded) row has no fully masked attention.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.modalities = list(model.config.product_modalities)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        given = dict(zip(product_inputs_of(self.modalities), inputs))
+        embeds = {}
+        if "image" in self.modalities:
+            embeds["image"] = self.model.get_image_features(
+                given["pixel_values"], return_dict=True
+            ).pooler_output
+        if "title" in self.modalities:
+            embeds["title"] = self.model.get_text_features(
+                given["title_input_ids"], given["title_attention_mask"], return_dict=True
+            ).pooler_output
+        if "attributes" in self.modalities:
+            embeds["attributes"] = self._attributes(
+                given["attribute_input_ids"], given["attribute_attention_mask"], given["attribute_mask"]
+            )
+        return self.model._fuse(embeds)
+
+    def _attributes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor):
+        batch, slots, length = input_ids.shape
+        flat_ids = input_ids.reshape(batch * slots, length)
+        flat_mask = attention_mask.reshape(batch * slots, length)
+        first = torch.zeros_like(flat_mask)
+        first[:, 0] = 1
+        flat_mask = torch.maximum(flat_mask, first)
+        text = self.model.get_text_features(flat_ids, flat_mask, return_dict=True).pooler_output
+        features = self.model.attribute_projection(text).reshape(batch, slots, -1)
+        features = features * mask.unsqueeze(-1).to(features.dtype)
+        return self.model.attribute_pooler(features, mask.bool())
+
+
+def example_inputs(processor, modalities: list[str]) -> tuple[dict, dict]:
+    """Tiny category and product batches from the processor: the trace's example inputs."""
+    from PIL import Image
+
+    categories = processor(categories=["Home > Kitchen > Mugs", "Kids T-Shirts"], return_tensors="pt")
+    columns = {
+        "images": [Image.new("RGB", (64, 48), (200, 40, 45)), Image.new("RGB", (48, 64), (20, 90, 200))],
+        "titles": ["red ceramic mug 12 oz", "organic cotton kids t-shirt"],
+        "attributes": [["colour: red", "material: ceramic"], ["audience: kids"]],
+    }
+    wanted = {"image": "images", "title": "titles", "attributes": "attributes"}
+    products = processor(**{wanted[m]: columns[wanted[m]] for m in modalities}, return_tensors="pt")
+    return dict(categories), dict(products)
+
+
+DYNAMIC_AXES = {
+    "category_input_ids": {0: "categories", 1: "tokens"},
+    "category_attention_mask": {0: "categories", 1: "tokens"},
+    "pixel_values": {0: "products"},
+    "title_input_ids": {0: "products", 1: "title_tokens"},
+    "title_attention_mask": {0: "products", 1: "title_tokens"},
+    "attribute_input_ids": {0: "products", 1: "attributes", 2: "attribute_tokens"},
+    "attribute_attention_mask": {0: "products", 1: "attributes", 2: "attribute_tokens"},
+    "attribute_mask": {0: "products", 1: "attributes"},
+    "embeddings": {0: "items"},
+}
+
+
+def _export(module: nn.Module, inputs: dict, names: list[str], path: Path) -> None:
+    torch.onnx.export(
+        module,
+        tuple(inputs[name] for name in names),
+        str(path),
+        input_names=names,
+        output_names=["embeddings"],
+        dynamic_axes={name: DYNAMIC_AXES[name] for name in [*names, "embeddings"]},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+INT8_METHODS = {
+    "dynamic": "quantize_dynamic: int8 weights, activations quantised per tensor at run time (MatMulInteger)",
+    "weight-only": "int8 weights in blocks of 32, float activations (MatMulNBits, bits=8)",
+}
+
+
+def quantize(source: Path, target: Path, method: str = "dynamic") -> None:
+    """An int8 copy of an exported encoder by one of INT8_METHODS. ONNX Runtime's pre-processing first folds
+    the Identity nodes the exporter puts before weights shared by two tower calls (title and attributes),
+    which the quantiser would otherwise leave in float32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in INT8_METHODS:
+        raise ValueError(f"int8 method must be one of {sorted(INT8_METHODS)}, got {method!r}")
+    with tempfile.TemporaryDirectory(prefix="clipita-onnx-") as scratch:
+        prepared = Path(scratch) / source.name
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if method == "dynamic":
+            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+            return
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(prepared)), bits=8, block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target), False)
+
+
+def add_int8(model_dir: str | os.PathLike, method: str = "dynamic") -> dict:
+    """(Re)write the int8 encoders of a folder's float export by `method`; the manifest records it."""
+    out = Path(model_dir) / ONNX_DIR
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    for source, target in zip(VARIANT_FILES["fp32"], VARIANT_FILES["int8"]):
+        quantize(out / source, out / target, method)
+    manifest["files"]["int8"] = list(VARIANT_FILES["int8"])
+    manifest["int8_method"] = method
+    manifest["sizes"] = {
+        name: (out / name).stat().st_size for names in manifest["files"].values() for name in names
+    }
+    manifest.pop("parity", None)  # measured on the files it names
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def export_onnx(model_dir: str | os.PathLike, int8: str | None = "dynamic") -> dict:
+    """Write `onnx/` into the model folder: the float encoders, and int8 variants by method `int8` (one of
+    INT8_METHODS; None: no int8)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (the export is written into it)")
+    model, processor = load_model(model_dir, device="cpu")
+    # unique-text encoding picks rows by the data (torch.unique), which a trace would freeze to the example's
+    # duplicates; the graph encodes every row, the same embeddings
+    model.config.deduplicate_texts = False
+    modalities = list(model.config.product_modalities)
+    out = model_dir / ONNX_DIR
+    out.mkdir(exist_ok=True)
+    categories, products = example_inputs(processor, modalities)
+    product_names = product_inputs_of(modalities)
+    with torch.no_grad():
+        _export(
+            CategoryEncoder(model).eval(), categories, list(CATEGORY_INPUTS), out / VARIANT_FILES["fp32"][0]
+        )
+        _export(ProductEncoder(model).eval(), products, product_names, out / VARIANT_FILES["fp32"][1])
+    files = {"fp32": list(VARIANT_FILES["fp32"])}
+    manifest = {
+        "opset": OPSET,
+        "product_modalities": modalities,
+        "projection_dim": model.config.projection_dim,
+        "logit_scale": model.logit_scale.item(),  # log of the temperature's inverse, as the model holds it
+        "category_inputs": list(CATEGORY_INPUTS),
+        "product_inputs": product_names,
+        "files": files,
+        "sizes": {name: (out / name).stat().st_size for name in files["fp32"]},
+        "weights_sha256": weights_sha256(model_dir),
+    }
+    for name in VARIANT_FILES["int8"]:
+        (out / name).unlink(missing_ok=True)  # an older int8 export does not match these float files
+    write_json(out / MANIFEST, manifest)
+    return add_int8(model_dir, int8) if int8 else manifest
+
+
+def random_products(count: int, seed: int = 0) -> tuple[list, list[str], list[list[str]]]:
+    """Products with random pixels, titles and 0-6 attributes: inputs for a parity check."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    words = ["red", "ceramic", "mug", "kids", "cotton", "t-shirt", "glass", "blue", "12", "oz", "gift", "set"]
+    keys = ["colour", "material", "audience", "pattern", "size", "style"]
+    images, titles, attributes = [], [], []
+    for _ in range(count):
+        h, w = rng.integers(24, 96, size=2)
+        images.append(Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+        titles.append(" ".join(rng.choice(words, size=rng.integers(1, 12))))
+        attributes.append(
+            [f"{k}: {rng.choice(words)}" for k in rng.choice(keys, size=rng.integers(0, 7), replace=False)]
+        )
+    return images, titles, attributes
+
+
+def parity(
+    model_dir: str | os.PathLike, count: int = 200, variant: str = "fp32", batch_size: int = 32
+) -> dict:
+    """Max abs difference of the ONNX embeddings against PyTorch's on `count` random products and categories."""
+    model, processor = load_model(model_dir, device="cpu")
+    encoder = OnnxEncoder.from_folder(model_dir, variant=variant)
+    images, titles, attributes = random_products(count)
+    given = {
+        "image": ("images", images),
+        "title": ("titles", titles),
+        "attributes": ("attributes", attributes),
+    }
+    columns = dict(given[m] for m in model.config.product_modalities)
+    categories = [" > ".join(t.split()[:3]) or "Mugs" for t in titles]
+    torch_products = model.encode_products(**columns, batch_size=batch_size, show_progress_bar=False)
+    torch_categories = model.encode_categories(categories, batch_size=batch_size, show_progress_bar=False)
+    onnx_products = encoder.encode_products(**columns, batch_size=batch_size)
+    onnx_categories = encoder.encode_categories(categories, batch_size=batch_size)
+    return {
+        "variant": variant,
+        "count": count,
+        "products_max_abs_diff": float(np.abs(onnx_products - torch_products).max()),
+        "categories_max_abs_diff": float(np.abs(onnx_categories - torch_categories).max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a CLIP-ITA model folder (onnx/ is written into it)")
+    parser.add_argument(
+        "--int8",
+        choices=[*INT8_METHODS, "none"],
+        default="dynamic",
+        help="how the int8 variant is made: " + "; ".join(f"{k}: {v}" for k, v in INT8_METHODS.items()),
+    )
+    parser.add_argument("--parity", type=int, default=200, help="products and categories compared (0: none)")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        manifest = export_onnx(args.model, int8=None if args.int8 == "none" else args.int8)
+        if args.parity:
+            manifest["parity"] = [parity(args.model, args.parity, v) for v in manifest["files"]]
+            write_json(Path(args.model) / ONNX_DIR / MANIFEST, manifest)
+        print(json.dumps(manifest, indent=1))
+
+    return run_command(work)  # a missing or truncated model folder: one line, exit status 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

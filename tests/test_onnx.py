@@ -1,0 +1,165 @@
+"""ONNX export: parity with PyTorch, the int8 variant, stale exports refused, search.py on ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import search as search_cli  # noqa: E402
+from clipita.catalogue import generate_catalogue  # noqa: E402
+from clipita.onnx_encoder import OnnxEncoder, load_encoder  # noqa: E402
+from clipita.onnx_export import add_int8, export_onnx, parity, random_products  # noqa: E402
+from tests.conftest import tiny_model  # noqa: E402
+from tests.test_card import save_tiny_release  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx") / "clip-ita"
+    save_tiny_release(folder)
+    return folder, export_onnx(folder)
+
+
+def test_float_export_matches_pytorch_on_200_products_and_categories(exported):
+    folder, manifest = exported
+    assert set(manifest["files"]) == {"fp32", "int8"}
+    result = parity(folder, count=200, variant="fp32")
+    assert result["products_max_abs_diff"] <= 1e-4, result
+    assert result["categories_max_abs_diff"] <= 1e-4, result
+
+
+def test_int8_variant_is_smaller_and_close(exported):
+    folder, manifest = exported
+    sizes = manifest["sizes"]
+    assert sizes["product_encoder_int8.onnx"] < sizes["product_encoder.onnx"]
+    assert sizes["category_encoder_int8.onnx"] < sizes["category_encoder.onnx"]
+    images, titles, attributes = random_products(40, seed=1)
+    fp32, int8 = OnnxEncoder(folder, "fp32"), OnnxEncoder(folder, "int8")
+    a = fp32.encode_products(images, titles, attributes, batch_size=16)
+    b = int8.encode_products(images, titles, attributes, batch_size=16)
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-4)
+    assert 0 < np.abs(a - b).max() and (a * b).sum(axis=1).min() > 0.98  # quantised, yet the same direction
+
+
+def test_products_without_attributes_and_one_at_a_time(exported):
+    folder, _ = exported
+    model, _ = load_encoder(folder, "torch")
+    onnx, _ = load_encoder(folder, "onnx")
+    images, titles, _ = random_products(3, seed=2)
+    empty = [[], [], []]
+    expected = model.encode_products(images, titles, empty)
+    np.testing.assert_allclose(onnx.encode_products(images, titles, empty), expected, atol=1e-5)
+    np.testing.assert_allclose(onnx.encode_products(images, titles, empty, batch_size=1), expected, atol=1e-5)
+    assert onnx.logit_scale == pytest.approx(float(model.logit_scale))
+
+
+def test_an_export_of_other_weights_is_refused(exported, tmp_path):
+    folder = shutil.copytree(exported[0], tmp_path / "retrained")
+    model, _ = tiny_model()
+    with torch.no_grad():
+        model.product_head.layers[0].bias.add_(1.0)
+    model.save_pretrained(folder)
+    with pytest.raises(ValueError, match="exported from other weights"):
+        OnnxEncoder(folder)
+    shutil.rmtree(folder / "onnx")
+    with pytest.raises(FileNotFoundError, match="clipita.onnx_export"):
+        OnnxEncoder(folder)
+
+
+def test_search_builds_and_queries_on_onnx_like_on_torch(exported, tmp_path, capsys):
+    folder, _ = exported
+    generate_catalogue(tmp_path / "catalogue", num_products=120, progress=False)
+    hits = {}
+    for encoder in ("torch", "onnx"):
+        build = ["build", "--model", str(folder), "--dataset", str(tmp_path / "catalogue"), "--split", "test"]
+        out = tmp_path / f"index-{encoder}"
+        assert (
+            search_cli.main([*build, "--output", str(out), "--encoder", encoder, "--batch_size", "16"]) == 0
+        )
+        capsys.readouterr()
+        query = [
+            "query",
+            "--index",
+            str(out),
+            "--json",
+            "--k",
+            "5",
+            "--encoder",
+            encoder,
+            "Mugs",
+            "Kids T-Shirts",
+        ]
+        assert search_cli.main(query) == 0
+        hits[encoder] = [
+            [(h["product_id"], h["score"]) for h in a["hits"]] for a in json.loads(capsys.readouterr().out)
+        ]
+    for torch_hits, onnx_hits in zip(hits["torch"], hits["onnx"]):
+        assert [pid for pid, _ in onnx_hits] == [pid for pid, _ in torch_hits]
+        np.testing.assert_allclose([s for _, s in onnx_hits], [s for _, s in torch_hits], atol=1e-4)
+
+
+def test_weight_only_int8_is_closer_to_the_float_export(exported, tmp_path):
+    folder = shutil.copytree(exported[0], tmp_path / "weight-only")
+    manifest = add_int8(folder, "weight-only")
+    assert manifest["int8_method"] == "weight-only" and "parity" not in manifest
+    images, titles, attributes = random_products(40, seed=3)
+    fp32 = OnnxEncoder(folder, "fp32").encode_products(images, titles, attributes)
+    weight_only = OnnxEncoder(folder, "int8").encode_products(images, titles, attributes)
+    dynamic = OnnxEncoder(exported[0], "int8").encode_products(images, titles, attributes)
+    assert 0 < np.abs(weight_only - fp32).max() < np.abs(dynamic - fp32).max()
+
+
+def test_release_cli_exports_onnx_into_the_folder_and_still_passes_its_checks(exported, tmp_path, capsys):
+    import release as release_cli
+    from clipita.card import render_model_card
+    from tests.test_card import fake_eval_file, fake_training
+
+    folder = tmp_path / "clip-ita"
+    model, _ = save_tiny_release(folder)
+    training_args, metrics = fake_training()
+    render_model_card(folder, model_config=model.config, training_args=training_args, metrics=metrics)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(fake_eval_file(model=str(folder))))
+    args = ["--model", str(folder), "--eval_results", str(results), "--onnx", "--skip_load_check"]
+    assert release_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "onnx/product_encoder_int8.onnx" in out and "ready for the Hub" in out
+    assert OnnxEncoder(folder, "int8").encode_categories(["Mugs"]).shape == (1, model.config.projection_dim)
+
+
+def test_the_space_loads_and_answers_on_onnx_like_on_torch(exported, tmp_path):
+    from space import answers, variants
+
+    folder, _ = exported
+    generate_catalogue(tmp_path / "catalogue", num_products=120, progress=False)
+    build = ["build", "--model", str(folder), "--dataset", str(tmp_path / "catalogue"), "--split", "test"]
+    assert search_cli.main([*build, "--output", str(tmp_path / "index"), "--batch_size", "16"]) == 0
+    loaded = {
+        encoder: variants.load_variants(
+            [str(folder)], [str(tmp_path / "index")], cache_dir=tmp_path / encoder, encoder=encoder
+        )[0]
+        for encoder in ("torch", "onnx")
+    }
+    assert type(loaded["onnx"].model).__name__ == "OnnxEncoder"
+    np.testing.assert_allclose(loaded["onnx"].category_embeds, loaded["torch"].category_embeds, atol=1e-5)
+    assert loaded["onnx"].logit_scale == pytest.approx(loaded["torch"].logit_scale)
+    rows = {encoder: answers.search_category(variant, "Mugs", 5)[1] for encoder, variant in loaded.items()}
+    assert len(rows["torch"]) == 5
+    assert [r["product_id"] for r in rows["onnx"]] == [r["product_id"] for r in rows["torch"]]
+
+
+def test_export_cli_names_a_missing_folder_in_one_line(tmp_path, capsys):
+    from clipita.onnx_export import main
+
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'missing'} is not a model folder (the export is written into it)"
+    )
