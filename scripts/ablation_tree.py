@@ -46,15 +46,17 @@ def value(report: dict, path: tuple[str, ...]) -> float | None:
 
 
 def collect(runs: Path) -> dict[str, dict[str, list[dict]]]:
-    """{catalogue: {row: [per_depth report of each seed]}}, rows in ROW_ORDER then by name."""
-    found: dict[str, dict[str, list[dict]]] = {}
+    """{catalogue: {row: {seed: per_depth report}}}, rows in ROW_ORDER then by name."""
+    found: dict[str, dict[str, dict[int, dict]]] = {}
     for path in sorted(runs.glob("*/results/*-s*.json")):
         match = re.fullmatch(r"(.+)-s(\d+)\.json", path.name)
         result = json.loads(path.read_text())
         check_result(result, str(path))
         if not match or "per_depth" not in result:
             raise SystemExit(f"error: {path}: not a <row>-s<seed>.json results.json with per_depth")
-        found.setdefault(path.parts[-3], {}).setdefault(match.group(1), []).append(result["per_depth"])
+        found.setdefault(path.parts[-3], {}).setdefault(match.group(1), {})[int(match.group(2))] = result[
+            "per_depth"
+        ]
     rank = {r: i for i, r in enumerate(ROW_ORDER)}
     return {
         cat: dict(sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
@@ -83,13 +85,15 @@ def table(found: dict, command: str) -> str:
         "in training) / known ones. Schema: eval.py's docstring.",
     ]
     for cat, rows in found.items():
-        cols = columns(next(iter(rows.values()))[0])
-        seeds = {len(r) for r in rows.values()}
-        lines += ["", f"## {cat} catalogue ({'/'.join(map(str, sorted(seeds)))} seeds)", ""]
+        cols = columns(next(iter(next(iter(rows.values())).values())))
+        seeds = sorted({seed for r in rows.values() for seed in r})
+        lines += ["", f"## {cat} catalogue (seeds {', '.join(map(str, seeds))})", ""]
         lines += ["| row | " + " | ".join(name for name, _ in cols) + " |", "|" + "---|" * (len(cols) + 1)]
         for row, reports in rows.items():
             lines.append(
-                f"| {row} | " + " | ".join(cell([value(r, p) for r in reports]) for _, p in cols) + " |"
+                f"| {row} ({len(reports)} seeds) | "
+                + " | ".join(cell([value(r, p) for r in reports.values()]) for _, p in cols)
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
@@ -111,7 +115,8 @@ def deltas(found: dict, baseline: str = "paper") -> str:
         "",
         "## Against the paper's row, seed by seed",
         "",
-        "Each cell: the row's value minus the paper row's for the same seed, mean over seeds (min-max); "
+        "Each cell: the row's value minus the paper row's for the same seed, mean over the seeds both have "
+        "(min-max); "
         "[ok] where the mean meets the issue's target (middle and middle placement of new types +0.15, "
         "root +0.10, leaves not worse than -0.01).",
     ]
@@ -126,12 +131,11 @@ def deltas(found: dict, baseline: str = "paper") -> str:
                 continue
             cells = []
             for _, path, target in TARGETS:
+                paper = rows[baseline]
                 diff = [
-                    a - b
-                    for a, b in zip(
-                        (value(r, path) for r in reports), (value(r, path) for r in rows[baseline])
-                    )
-                    if a is not None and b is not None
+                    value(r, path) - value(paper[seed], path)
+                    for seed, r in reports.items()
+                    if seed in paper and value(r, path) is not None and value(paper[seed], path) is not None
                 ]
                 if not diff:
                     cells.append("-")
@@ -151,10 +155,10 @@ def plot(found: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(len(found), 1, figsize=(14, 4 * len(found)), squeeze=False)
     for ax, (cat, rows) in zip(axes[:, 0], found.items()):
-        cols = columns(next(iter(rows.values()))[0])
+        cols = columns(next(iter(next(iter(rows.values())).values())))
         width = 0.8 / max(len(rows), 1)
         for i, (row, reports) in enumerate(rows.items()):
-            vals = [[value(r, p) for r in reports] for _, p in cols]
+            vals = [[value(r, p) for r in reports.values()] for _, p in cols]
             vals = [[v for v in vs if v is not None] or [np.nan] for vs in vals]
             mean = np.array([np.mean(v) for v in vals])
             err = np.array([[m - np.min(v), np.max(v) - m] for m, v in zip(mean, vals)]).T
