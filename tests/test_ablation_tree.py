@@ -1,0 +1,46 @@
+"""scripts/ablation_tree.py: the tree ablation's summary reads results.json files per row and seed, and
+compares each row with the paper's row seed by seed."""
+
+import importlib.util
+import json
+
+from clipita.evaluation import per_depth_report
+from tests.conftest import ROOT
+from tests.test_per_depth import NODES, _embeddings
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ablation_tree", ROOT / "scripts" / "ablation_tree.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(runs, catalogue, row, seed, report):
+    folder = runs / catalogue / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {"settings": {"all": {}}, "per_depth": report}
+    (folder / f"{row}-s{seed}.json").write_text(json.dumps(result))
+
+
+def test_rows_are_compared_with_the_paper_seed_by_seed(tmp_path):
+    script = load_script()
+    product_embeds, node_embeds, paths, train_paths = _embeddings()
+    report = per_depth_report(product_embeds, node_embeds, NODES, paths, train_paths, "node")
+
+    def with_root(value):
+        out = json.loads(json.dumps(report))
+        out["retrieval"]["root"]["all"]["mAP@10"] = value
+        return out
+
+    write(tmp_path, "hard", "paper", 0, with_root(1.0))  # seed 0 of the paper has no partner in the other row
+    write(tmp_path, "hard", "paper", 1, with_root(0.5))
+    write(tmp_path, "hard", "paper + tree", 1, with_root(0.7))
+    found = script.collect(tmp_path)
+    assert list(found["hard"]) == ["paper", "paper + tree"] and set(found["hard"]["paper"]) == {0, 1}
+    text = script.deltas(found)
+    row = next(line for line in text.splitlines() if line.startswith("| paper + tree |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    root = cells[1 + [name for name, _, _ in script.TARGETS].index("root mAP@10")]
+    assert root.startswith("+0.200") and root.endswith("[ok]")  # against seed 1 only (by position: -0.300)
+    assert "| paper (2 seeds) |" in script.table(found, "cmd")
