@@ -18,14 +18,6 @@ from transformers import AutoModel, AutoProcessor
 
 PRODUCT_KEYS = {"image": "images", "title": "titles", "attributes": "attributes"}
 CATEGORY_ROWS, PRODUCT_ROWS = "clipita_category_rows", "clipita_product_rows"
-PRODUCT_FEATURES = (
-    "pixel_values",
-    "title_input_ids",
-    "title_attention_mask",
-    "attribute_input_ids",
-    "attribute_attention_mask",
-    "attribute_mask",
-)
 
 
 class CLIPITASentenceTransformer(nn.Module):
@@ -113,7 +105,11 @@ class CLIPITASentenceTransformer(nn.Module):
                 )
             )
         if len(product_rows):
-            inputs = {name: features[name] for name in PRODUCT_FEATURES if name in features}
+            inputs = {  # the processor's product inputs: every model input that is not the category's
+                name: features[name]
+                for name in self.processor.model_input_names
+                if not name.startswith("category_") and name in features
+            }
             parts.append((product_rows, self.model.get_product_features(**inputs)))
         for rows, values in parts:
             if embeddings is None:
