@@ -491,6 +491,7 @@ def search(
             f"--node_scoring {node_scoring} needs the index folder's category tree, not {index.path}"
         )
     tree = index.category_tree()
+    temperature = softmax_temperature(model) if node_scoring == "tree" else None
     out = []
     for text in texts:
         named = tree.nodes_named(text)
@@ -513,7 +514,6 @@ def search(
         )
         rows = np.unique(ids[ids >= 0])
         raw = node_embeds @ gather_rows(index.embeddings, rows).T  # [nodes, candidates]
-        temperature = softmax_temperature(model) if node_scoring == "tree" else None
         scores = node_scores(raw, nodes, node_scoring, temperature=temperature)
         best = scores[[position[n] for n in named]].max(axis=0)  # a text naming several nodes: the best
         top = np.argsort(-best, kind="stable")[:k]
