@@ -15,7 +15,6 @@ VARIANTS = {
 }
 ATTRIBUTE_POOLINGS = ("mean", "attention")
 LOSSES = ("infonce", "multi_positive")
-MODALITY_VIEWS = ("single", "leave_one_out")
 # The one temperature default: train.py's flags and the from-scratch model read these. CLIP's initial
 # temperature, learned; the paper keeps 1.0 fixed (contrastive_temperature=1.0, learnable_temperature=False).
 DEFAULT_TEMPERATURE = 0.07
@@ -47,14 +46,6 @@ class CLIPITAConfig(PretrainedConfig):
         matryoshka_dims (`list[int]`): nested embedding sizes below `projection_dim` trained alongside it
             (Matryoshka: the loss is averaged over the full size and each of these, on the first `d`
             dimensions renormalised), so embeddings can be cut to any of them (`encode_*(dim=d)`). Empty: off.
-        modality_loss_weight (`float`): weight of the auxiliary per-modality losses (0: off, the paper). Each
-            view of the product (see `modality_views`) goes through the product head with the other
-            modalities' inputs zeroed and is trained against the same categories, its loss averaged over
-            the views and added with this weight (as Gradient-Blending, Wang et al. CVPR 2020, against a
-            dominant modality): the fused product keeps the cues that a new product type shares with its
-            siblings (attributes, shape) instead of leaning on title words it has never seen.
-        modality_views (`str`): the auxiliary views: `"single"` (each modality alone) or `"leave_one_out"`
-            (every modality but one).
 
     Which towers are frozen is a training choice (train.py's `--freeze_*` flags), not part of the model.
     """
@@ -78,8 +69,6 @@ class CLIPITAConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         deduplicate_texts: bool = True,
         matryoshka_dims: list[int] | tuple[int, ...] | None = None,
-        modality_loss_weight: float = 0.0,
-        modality_views: str = "single",
         **kwargs,
     ):
         if clip_config is None:
@@ -110,12 +99,6 @@ class CLIPITAConfig(PretrainedConfig):
                 f"matryoshka_dims must lie between 0 and projection_dim={projection_dim}, got {dims}"
             )
         self.matryoshka_dims = dims
-        if not modality_loss_weight >= 0:
-            raise ValueError(f"modality_loss_weight must be >= 0, got {modality_loss_weight}")
-        if modality_views not in MODALITY_VIEWS:
-            raise ValueError(f"modality_views must be one of {MODALITY_VIEWS}, got {modality_views!r}")
-        self.modality_loss_weight = float(modality_loss_weight)
-        self.modality_views = modality_views
         self.product_modalities = [m for m in MODALITIES if m in product_modalities]
         self.projection_dim = projection_dim
         self.head_hidden_dim = head_hidden_dim or projection_dim
@@ -145,10 +128,4 @@ class CLIPITAConfig(PretrainedConfig):
         return cls(product_modalities=VARIANTS[variant], **kwargs)
 
 
-__all__ = [
-    "CLIPITAConfig",
-    "DEFAULT_LEARNABLE_TEMPERATURE",
-    "DEFAULT_TEMPERATURE",
-    "MODALITY_VIEWS",
-    "VARIANTS",
-]
+__all__ = ["CLIPITAConfig", "DEFAULT_LEARNABLE_TEMPERATURE", "DEFAULT_TEMPERATURE", "VARIANTS"]

@@ -62,9 +62,6 @@ class CLIPITAOutput(ModelOutput):
         without the padding attributes (`pooler_output` projected); None when no product has any.
     category_model_output (`BaseModelOutputWithPooling`):
         CLIP's text tower on the category names (`pooler_output` projected).
-    product_view_embeds (`torch.FloatTensor` of shape `(num_products, num_views, projection_dim)`, *optional*):
-        L2-normalised product head outputs of the partial views of each product (`config.modality_views`),
-        returned with `return_loss` when `config.modality_loss_weight` > 0.
     """
 
     loss: torch.FloatTensor | None = None
@@ -79,7 +76,6 @@ class CLIPITAOutput(ModelOutput):
     title_model_output: BaseModelOutputWithPooling | None = None
     attribute_model_output: BaseModelOutputWithPooling | None = None
     category_model_output: BaseModelOutputWithPooling | None = None
-    product_view_embeds: torch.FloatTensor | None = None
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -568,30 +564,6 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         """g_p([h_image; h_title; h_attributes]), L2-normalised."""
         return F.normalize(self.product_head(torch.cat(list(modality_embeds.values()), dim=-1)), dim=-1)
 
-    def modality_views(self) -> list[list[str]]:
-        """The partial views of a product the auxiliary losses train (`config.modality_views`); [] when
-        they are off or the product has a single modality."""
-        modalities = list(self.config.product_modalities)
-        if not getattr(self.config, "modality_loss_weight", 0.0) or len(modalities) < 2:
-            return []
-        if getattr(self.config, "modality_views", "single") == "single":
-            return [[m] for m in modalities]
-        return [[m for m in modalities if m != left_out] for left_out in modalities]
-
-    def _view_embeds(self, modality_embeds: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """`(num_products, num_views, projection_dim)`: the product head on each view, the inputs of the
-        modalities outside it zeroed; None when there are no views."""
-        views = self.modality_views()
-        if not views:
-            return None
-        return torch.stack(
-            [
-                self._fuse({m: e if m in view else torch.zeros_like(e) for m, e in modality_embeds.items()})
-                for view in views
-            ],
-            dim=1,
-        )
-
     @can_return_tuple
     def forward(
         self,
@@ -605,7 +577,6 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         category_attention_mask: torch.Tensor | None = None,
         category_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        return_views: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | CLIPITAOutput:
         r"""Encode products and categories; with `return_loss`, pair product j with category j.
@@ -613,8 +584,6 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         category_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*): integer id of each pair's
             category; used by the `multi_positive` loss so that same-category pairs are not negatives.
         return_loss (`bool`, *optional*): whether to return the contrastive loss.
-        return_views (`bool`, *optional*): whether to return `product_view_embeds` without the loss (a
-            trainer that computes the loss on gathered embeddings); they come with `return_loss` anyway.
         kwargs: transformers' keyword arguments (`output_attentions`, `output_hidden_states`, ...), passed
             on to every CLIP tower call; their results are in the `*_model_output` fields.
         """
@@ -632,7 +601,6 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             **kwargs,
         )
         product_embeds = self._fuse(modality)
-        view_embeds = self._view_embeds(modality) if return_loss or return_views else None
         category_output = towers.pop("category")
         category_embeds = self._category_head(category_output.pooler_output)
         logit_scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
@@ -645,7 +613,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
                     f"return_loss pairs category j with product j, got {category_embeds.shape[0]} categories "
                     f"and {product_embeds.shape[0]} products"
                 )
-            loss = self.contrastive_loss(category_embeds, product_embeds, category_ids, view_embeds)
+            loss = self.contrastive_loss(category_embeds, product_embeds, category_ids)
         return CLIPITAOutput(
             loss=loss,
             logits_per_category=logits_per_category,
@@ -659,7 +627,6 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             title_model_output=towers.get("title"),
             attribute_model_output=towers.get("attributes"),
             category_model_output=category_output,
-            product_view_embeds=view_embeds,
         )
 
     def contrastive_loss(
@@ -667,12 +634,9 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         category_embeds: torch.Tensor,
         product_embeds: torch.Tensor,
         category_ids: torch.Tensor | None = None,
-        product_view_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The configured loss on (possibly gathered) normalised embeddings; with `matryoshka_dims`, the mean
-        of the loss at the full size and at each nested size (the first `d` dimensions, renormalised). With
-        `product_view_embeds` `(num_products, num_views, projection_dim)`, plus `modality_loss_weight` times
-        the mean over the views of the same loss with the view in place of the fused product."""
+        of the loss at the full size and at each nested size (the first `d` dimensions, renormalised)."""
         if self.config.loss_type == "multi_positive" and category_ids is None:
             raise ValueError(
                 "loss_type='multi_positive' needs category_ids (one integer id per pair's category)"
@@ -688,18 +652,9 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             )
 
         nested = getattr(self.config, "matryoshka_dims", None) or []
-
-        def at_every_size(products: torch.Tensor) -> torch.Tensor:
-            losses = [loss(category_embeds, products)]
-            losses += [loss(_truncate(category_embeds, d), _truncate(products, d)) for d in nested]
-            return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
-
-        total = at_every_size(product_embeds)
-        weight = getattr(self.config, "modality_loss_weight", 0.0)
-        if product_view_embeds is not None and weight:
-            views = torch.stack([at_every_size(view) for view in product_view_embeds.unbind(dim=1)])
-            total = total + weight * views.mean()
-        return total
+        losses = [loss(category_embeds, product_embeds)]
+        losses += [loss(_truncate(category_embeds, d), _truncate(product_embeds, d)) for d in nested]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     # ----- user helpers: batch, normalise, return numpy or torch -----
 

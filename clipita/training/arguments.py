@@ -14,7 +14,6 @@ from configuration_clipita import (
     DEFAULT_LEARNABLE_TEMPERATURE,
     DEFAULT_TEMPERATURE,
     LOSSES,
-    MODALITY_VIEWS,
     VARIANTS,
 )
 
@@ -118,20 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="nested embedding sizes trained alongside the full one (Matryoshka), e.g. 32,16: embeddings "
         "can then be cut to them (encode_*(dim=...), search.py build --dim, eval.py reports each; default: none)",
-    )
-    model.add_argument(
-        "--modality_loss_weight",
-        type=float,
-        default=0.0,
-        help="weight of auxiliary losses on partial views of each product (--modality_views), the other "
-        "modalities' head inputs zeroed, so the fused product keeps cues a new product type shares with its "
-        "siblings instead of leaning on its title (0: off, the paper)",
-    )
-    model.add_argument(
-        "--modality_views",
-        choices=MODALITY_VIEWS,
-        default="single",
-        help="the auxiliary views: each modality alone, or every modality but one",
     )
     model.add_argument(
         "--temperature",

@@ -44,23 +44,18 @@ class RandomState:
             yield
 
 
-def _encode(model, accelerator, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The embeddings the loss reads (categories, products and, with auxiliary modality losses, the
-    products' partial views), and the logits (which hold the temperature)."""
+def _encode(model, accelerator, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     inputs = {k: v for k, v in batch.items() if k != LABEL_KEY}
     with accelerator.autocast():
-        out = model(**inputs, return_loss=False, return_views=True)
-    embeds = [out.category_embeds.float(), out.product_embeds.float()]
-    if out.product_view_embeds is not None:
-        embeds.append(out.product_view_embeds.float())
-    return embeds, out.logits_per_category
+        out = model(**inputs)
+    return out.category_embeds.float(), out.product_embeds.float(), out.logits_per_category
 
 
-def _global_loss(unwrapped, accelerator, embeds: list[torch.Tensor], labels) -> torch.Tensor:
+def _global_loss(unwrapped, accelerator, category_embeds, product_embeds, labels) -> torch.Tensor:
     return unwrapped.contrastive_loss(
-        *(gather_with_local_grad(e, accelerator) for e in embeds[:2]),
+        gather_with_local_grad(category_embeds, accelerator),
+        gather_with_local_grad(product_embeds, accelerator),
         gather_labels(labels, accelerator),
-        *(gather_with_local_grad(e, accelerator) for e in embeds[2:]),
     )
 
 
@@ -70,35 +65,40 @@ def contrastive_step(accelerator, model, micro_batches: list[dict]) -> torch.Ten
     unwrapped = accelerator.unwrap_model(model)
     if len(micro_batches) == 1:
         batch = micro_batches[0]
-        embeds, _ = _encode(model, accelerator, batch)
-        loss = _global_loss(unwrapped, accelerator, embeds, batch[LABEL_KEY])
+        category_embeds, product_embeds, _ = _encode(model, accelerator, batch)
+        loss = _global_loss(unwrapped, accelerator, category_embeds, product_embeds, batch[LABEL_KEY])
         accelerator.backward(loss)
         return loss.detach()
 
     # 1. cache embeddings, remembering each micro-batch's random state
-    states, encoded = [], []
+    states, categories, products = [], [], []
     with torch.no_grad():
         for batch in micro_batches:
             states.append(RandomState(accelerator.device))
-            encoded.append(_encode(model, accelerator, batch)[0])
-    sizes = [embeds[0].shape[0] for embeds in encoded]
-    caches = [torch.cat(parts).requires_grad_() for parts in zip(*encoded)]
+            category_embeds, product_embeds, _ = _encode(model, accelerator, batch)
+            categories.append(category_embeds)
+            products.append(product_embeds)
+    sizes = [c.shape[0] for c in categories]
+    category_cache = torch.cat(categories).requires_grad_()
+    product_cache = torch.cat(products).requires_grad_()
     labels = torch.cat([batch[LABEL_KEY] for batch in micro_batches])
 
     # 2. the loss over the whole (global) batch and its gradient w.r.t. the cache and the temperature
-    loss = _global_loss(unwrapped, accelerator, caches, labels)
+    loss = _global_loss(unwrapped, accelerator, category_cache, product_cache, labels)
     temperature = unwrapped.logit_scale
-    inputs = caches + ([temperature] if temperature.requires_grad else [])
+    inputs = [category_cache, product_cache] + ([temperature] if temperature.requires_grad else [])
     grads = torch.autograd.grad(loss, inputs)
-    cached_grads = [g.split(sizes) for g in grads[: len(caches)]]
+    category_grads, product_grads = grads[0].split(sizes), grads[1].split(sizes)
 
     # 3. re-encode with a graph and push the cached gradients into the weights; DDP syncs on the last one
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with states[i].replayed():
-                embeds, logits = _encode(model, accelerator, batch)
-            surrogate = sum((e * g[i]).sum() for e, g in zip(embeds, cached_grads))
+                category_embeds, product_embeds, logits = _encode(model, accelerator, batch)
+            surrogate = (category_embeds * category_grads[i]).sum() + (
+                product_embeds * product_grads[i]
+            ).sum()
             if temperature.requires_grad:
                 # The forward used the temperature for its logits; a zero term lets DDP see it used.
                 surrogate = surrogate + 0.0 * logits.sum()
@@ -106,7 +106,7 @@ def contrastive_step(accelerator, model, micro_batches: list[dict]) -> torch.Ten
     if temperature.requires_grad:
         # Identical on every process (same global loss), so it is added after DDP's averaging.
         scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
-        temperature_grad = grads[len(caches)] * scale
+        temperature_grad = grads[2] * scale
         temperature.grad = (
             temperature_grad if temperature.grad is None else temperature.grad + temperature_grad
         )

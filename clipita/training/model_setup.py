@@ -37,8 +37,6 @@ def model_config_overrides(args: argparse.Namespace) -> dict:
         contrastive_temperature=args.temperature,
         learnable_temperature=args.learnable_temperature,
         matryoshka_dims=getattr(args, "matryoshka_dims", None),
-        modality_loss_weight=getattr(args, "modality_loss_weight", 0.0),
-        modality_views=getattr(args, "modality_views", "single"),
     )
 
 
