@@ -217,10 +217,6 @@ class CLIPITAPreTrainedModel(PreTrainedModel):
                 init.normal_(module.query, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, CLIPITAModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.contrastive_temperature))
-            if module.matryoshka_logit_scales is not None:
-                init.constant_(
-                    module.matryoshka_logit_scales, math.log(1.0 / self.config.contrastive_temperature)
-                )
 
 
 class CLIPITAModel(CLIPITAPreTrainedModel):
@@ -257,14 +253,6 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             self.logit_scale = nn.Parameter(logit_scale)
         else:
             self.register_buffer("logit_scale", logit_scale)
-        # One temperature per nested Matryoshka size: cosine scores spread more the fewer the dimensions, so
-        # one temperature shared by every size would be each size's compromise, the full one's included.
-        nested = getattr(config, "matryoshka_dims", None) or []
-        scales = logit_scale.repeat(len(nested)) if nested else None
-        if nested and config.learnable_temperature:
-            self.matryoshka_logit_scales = nn.Parameter(scales)
-        else:
-            self.register_buffer("matryoshka_logit_scales", scales)
         self.processor = None
         self.post_init()
         self.register_load_state_dict_post_hook(_restore_position_ids)
@@ -648,28 +636,24 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         category_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The configured loss on (possibly gathered) normalised embeddings; with `matryoshka_dims`, the mean
-        of the loss at the full size and at each nested size (the first `d` dimensions, renormalised), each
-        size at its own temperature (`matryoshka_logit_scales`)."""
+        of the loss at the full size and at each nested size (the first `d` dimensions, renormalised)."""
         if self.config.loss_type == "multi_positive" and category_ids is None:
             raise ValueError(
                 "loss_type='multi_positive' needs category_ids (one integer id per pair's category)"
             )
 
-        def loss(categories: torch.Tensor, products: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+        def loss(categories: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
             return clipita_contrastive_loss(
                 categories,
                 products,
-                logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+                self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
                 loss_lambda=self.config.loss_lambda,
                 category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
             )
 
         nested = getattr(self.config, "matryoshka_dims", None) or []
-        losses = [loss(category_embeds, product_embeds, self.logit_scale)]
-        losses += [
-            loss(_truncate(category_embeds, d), _truncate(product_embeds, d), self.matryoshka_logit_scales[i])
-            for i, d in enumerate(nested)
-        ]
+        losses = [loss(category_embeds, product_embeds)]
+        losses += [loss(_truncate(category_embeds, d), _truncate(product_embeds, d)) for d in nested]
         return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     # ----- user helpers: batch, normalise, return numpy or torch -----

@@ -12,8 +12,6 @@ import torch.nn.functional as F
 from configuration_clipita import CLIPITAConfig
 from modeling_clipita import MAX_LOGIT_SCALE, clipita_contrastive_loss
 from tests.conftest import tiny_model
-from tests.helpers.batches import fixed_batch, split
-from tests.test_training_gradients import assert_same_gradients, step_gradients
 
 
 def test_config_records_sizes_and_refuses_impossible_ones():
@@ -99,31 +97,3 @@ def test_eval_reports_each_size_and_the_index_takes_a_nested_size(tmp_path, caps
     assert variant.dim == 16 and variant.category_embeds.shape[1] == 16
     rows = answers.search_category(variant, "Mugs", 3)[1]
     assert [r["product_id"] for r in rows] == [h["product_id"] for h in hits]
-
-
-def test_each_nested_size_has_its_own_temperature_and_accumulation_still_equals_one_big_batch():
-    model, processor = tiny_model(matryoshka_dims=[16, 8])
-    assert model.matryoshka_logit_scales.shape == (2,)
-    torch.testing.assert_close(model.matryoshka_logit_scales, model.logit_scale.expand(2))
-    with torch.no_grad():
-        model.matryoshka_logit_scales.copy_(torch.tensor([1.0, 2.0]))
-    generator = torch.Generator().manual_seed(0)
-    categories = F.normalize(torch.randn(6, 32, generator=generator), dim=-1)
-    products = F.normalize(torch.randn(6, 32, generator=generator), dim=-1)
-    scales = [model.logit_scale.exp(), torch.tensor(1.0).exp(), torch.tensor(2.0).exp()]
-    expected = [
-        clipita_contrastive_loss(
-            F.normalize(categories[:, :d], dim=-1), F.normalize(products[:, :d], dim=-1), s
-        )
-        for d, s in zip((32, 16, 8), scales)
-    ]
-    torch.testing.assert_close(model.contrastive_loss(categories, products), torch.stack(expected).mean())
-
-    batch = fixed_batch(model, processor)
-    big_loss, big = step_gradients(model, [batch])
-    cached_loss, cached = step_gradients(model, split(batch, 4))
-    assert cached_loss == pytest.approx(big_loss, abs=1e-5)
-    assert_same_gradients(big, cached)
-    assert big["matryoshka_logit_scales"].abs().min() > 0  # every size's temperature learns
-    fixed, _ = tiny_model(matryoshka_dims=[16], learnable_temperature=False)
-    assert "matryoshka_logit_scales" not in dict(fixed.named_parameters())

@@ -83,10 +83,11 @@ def contrastive_step(accelerator, model, micro_batches: list[dict]) -> torch.Ten
     product_cache = torch.cat(products).requires_grad_()
     labels = torch.cat([batch[LABEL_KEY] for batch in micro_batches])
 
-    # 2. the loss over the whole (global) batch and its gradient w.r.t. the cache and the temperatures
+    # 2. the loss over the whole (global) batch and its gradient w.r.t. the cache and the temperature
     loss = _global_loss(unwrapped, accelerator, category_cache, product_cache, labels)
-    temperatures = [p for p in _temperatures(unwrapped) if p.requires_grad]
-    grads = torch.autograd.grad(loss, [category_cache, product_cache, *temperatures])
+    temperature = unwrapped.logit_scale
+    inputs = [category_cache, product_cache] + ([temperature] if temperature.requires_grad else [])
+    grads = torch.autograd.grad(loss, inputs)
     category_grads, product_grads = grads[0].split(sizes), grads[1].split(sizes)
 
     # 3. re-encode with a graph and push the cached gradients into the weights; DDP syncs on the last one
@@ -98,19 +99,15 @@ def contrastive_step(accelerator, model, micro_batches: list[dict]) -> torch.Ten
             surrogate = (category_embeds * category_grads[i]).sum() + (
                 product_embeds * product_grads[i]
             ).sum()
-            if temperatures:
-                # The temperatures are used by the loss only (and the first by the forward's logits); zero
-                # terms let DDP see them used.
-                surrogate = surrogate + 0.0 * logits.sum() + sum(0.0 * t.sum() for t in temperatures)
+            if temperature.requires_grad:
+                # The forward used the temperature for its logits; a zero term lets DDP see it used.
+                surrogate = surrogate + 0.0 * logits.sum()
             accelerator.backward(surrogate)
-    # Identical on every process (same global loss), so they are added after DDP's averaging.
-    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
-    for temperature, grad in zip(temperatures, grads[2:]):
-        temperature.grad = grad * scale if temperature.grad is None else temperature.grad + grad * scale
+    if temperature.requires_grad:
+        # Identical on every process (same global loss), so it is added after DDP's averaging.
+        scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
+        temperature_grad = grads[2] * scale
+        temperature.grad = (
+            temperature_grad if temperature.grad is None else temperature.grad + temperature_grad
+        )
     return loss.detach()
-
-
-def _temperatures(model) -> list[torch.Tensor]:
-    """The loss's own parameters: the temperature, and one per nested Matryoshka size."""
-    nested = getattr(model, "matryoshka_logit_scales", None)
-    return [model.logit_scale] + ([nested] if nested is not None else [])
