@@ -59,16 +59,17 @@ HNSW_QUANTIZER_ABOVE = 2_000_000
 def _ivfpq_params(
     n: int, dim: int, memory_budget_mb: float | None = None, kind: str = "ivfpq", refine: bool = True
 ) -> dict:
-    """nlist ~ 2 sqrt(n) (>= 39 training points per list); PQ bytes ~ dim / 8, halved until in budget
-    (`ivfpq`: its codes are in memory); then the SQ8 stage (`refine`) if it fits the budget too.
+    """nlist ~ 2 sqrt(n) (>= 39 training points per list); PQ bytes ~ dim / 4 (at most 64), halved until
+    in budget (`ivfpq`: its codes are in memory); then the SQ8 stage (`refine`) if it fits the budget too.
 
-    2 sqrt(n) rather than FAISS's usual 4 sqrt(n) halves k-means training. Sub-vectors keep >= 8
-    dimensions: FAISS trains 4-dimensional sub-quantizers far more slowly (no BLAS path).
+    2 sqrt(n) rather than FAISS's usual 4 sqrt(n) halves k-means training. 4-dimensional sub-vectors
+    rather than 8: at 10M products 16-byte codes lost a third of the true top 10 (recall and training
+    time per code size: docs/BENCHMARKS.md, "An index larger than memory").
     """
     nlist = max(1, min(int(2 * math.sqrt(n)), n // 39))
     nbits = 8 if n >= 39 * 256 else max(4, min(8, int(math.log2(max(n // 39, 16)))))
     divisors = [m for m in range(1, dim + 1) if dim % m == 0]
-    m = max(d for d in divisors if d <= max(1, min(64, dim // 8)))
+    m = max(d for d in divisors if d <= max(1, min(64, dim // 4)))
     while memory_budget_mb is not None and kind == "ivfpq" and m > 1:
         if (
             estimate_bytes("ivfpq", n, dim, {"nlist": nlist, "m": m, "nbits": nbits})
