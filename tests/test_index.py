@@ -481,8 +481,11 @@ def test_sq8_stage_returns_the_exact_top_k_when_its_candidates_hold_it(tmp_path)
     np.testing.assert_array_equal(ids, exact_top(emb, q, 10))
 
 
-def test_sq8_stage_saved_loaded_and_filtered(tmp_path):
+def test_sq8_stage_saved_loaded_and_filtered(tmp_path, monkeypatch):
     emb = clustered(3000)
+    calls = []
+    staged = kinds.refine_then_rerank
+    monkeypatch.setattr(kinds, "refine_then_rerank", lambda *a, **kw: calls.append(1) or staged(*a, **kw))
     index = CatalogueIndex.build(emb, metadata_for(3000), kind="ivfpq", recall_queries=50, progress=False)
     est = index.manifest["index"]["estimated_bytes"]
     no_refine = kinds.estimate_bytes("ivfpq", 3000, 32, {**index.manifest["index"]["params"], "refine": None})
@@ -496,13 +499,15 @@ def test_sq8_stage_saved_loaded_and_filtered(tmp_path):
     def top(idx, **kwargs):
         return [[h.product_id for h in row] for row in idx.search(q, k=10, **kwargs)]
 
-    assert top(loaded) == top(index)
+    calls.clear()
+    assert top(loaded) == top(index) and len(calls) == 2  # both searched through the SQ8 stage
     loaded.save(tmp_path / "b")  # saved elsewhere, the memory-mapped copy goes along
     assert top(CatalogueIndex.load(tmp_path / "b")) == top(index)
     loaded.exact_subset_limit = 0  # filtered search through the FAISS selector and the SQ8 stage
     rows = np.array([i for i in range(3000) if i % 4 == 0])
+    calls.clear()
     red = [[int(p[1:]) for p in row] for row in top(loaded, filters=["colour: red"])]
-    assert all(len(r) == 10 and set(r) <= set(rows.tolist()) for r in red)
+    assert calls and all(len(r) == 10 and set(r) <= set(rows.tolist()) for r in red)
     truth = rows[exact_top(emb[rows], q, 10)]
     loaded.refine, refine = None, loaded.refine  # the old path: 30 x k PQ candidates read exactly
     old = [[int(p[1:]) for p in row] for row in top(loaded, filters=["colour: red"])]
