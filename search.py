@@ -190,6 +190,8 @@ def describe(index: CatalogueIndex) -> str:
             parts.append(
                 f"category-text queries {recall['recall_at_10_text']:.3f} (n={recall['text_queries']})"
             )
+        if "recall_at_10_without_refine" in recall:
+            parts.append(f"without the SQ8 stage {recall['recall_at_10_without_refine']:.3f}")
         if "recall_at_10_without_rerank" in recall:
             parts.append(f"PQ codes alone {recall['recall_at_10_without_rerank']:.3f}")
         lines.append("; ".join(parts))

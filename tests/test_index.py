@@ -248,6 +248,8 @@ def test_approximate_index_records_recall_and_still_returns_everything(kind, tmp
     assert recall["recall_at_10_products"] > (0.9 if kind == "hnsw" else 0.8)
     if kind == "ivfpq":  # exact re-ranking of k x 30 candidates is what rescues the 4-byte codes
         assert recall["recall_at_10"] > recall["recall_at_10_without_rerank"] + 0.2
+        # the SQ8 stage (100 x k re-scored, 4 x k read exactly) recalls at least what 30 x k read exactly did
+        assert index.refine is not None and recall["recall_at_10"] >= recall["recall_at_10_without_refine"]
     index.save(tmp_path)
     loaded = CatalogueIndex.load(tmp_path)
     saved = json.loads((tmp_path / "manifest.json").read_text())
@@ -444,3 +446,99 @@ def test_large_catalogues_search_their_ivf_centroids_through_hnsw(monkeypatch):
         isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.hnsw.efSearch == params["quantizer_efSearch"]
     )
     assert index.manifest["recall"]["recall_at_10_products"] > 0.8
+
+
+def test_sq8_scores_are_faiss_decoded_inner_products():
+    emb = clustered(2000)
+    refine = kinds.SQ8Codes.build(emb, emb[:1000])
+    decoded = kinds.SQ8Codes.quantizer(emb[:1000]).decode(np.asarray(refine.codes))
+    q = clustered(5, seed=4)
+    candidates = np.tile(np.arange(2000), (5, 1))
+    candidates[:, -3:] = -1  # no candidate: never chosen
+    scores = refine.scores(q, candidates)
+    np.testing.assert_allclose(scores[:, :-3], (q @ decoded.T)[:, :-3], atol=1e-5)
+    assert np.isneginf(scores[:, -3:]).all()
+    assert np.abs(scores[:, :-3] - (q @ emb.T)[:, :-3]).max() < 0.05  # 8 bits a dimension: close
+
+
+def test_sq8_stage_returns_the_exact_top_k_when_its_candidates_hold_it(tmp_path):
+    """Candidates covering the truth (every product, shuffled): the SQ8 stage keeps the exact top k among
+    its best 4 x k, and the exact re-rank orders them as exact search does, with exact scores."""
+    emb = clustered(3000)
+    x = memmapped(emb, tmp_path / "embeddings.npy")  # re-ranked by pread, as served
+    refine = kinds.SQ8Codes.build(x, emb[::3], tmp_path)
+    q = clustered(25, seed=6)
+    candidates = np.stack([np.random.default_rng(i).permutation(3000) for i in range(25)])
+    scores, ids = kinds.refine_then_rerank(refine, x, q, candidates, 10, keep=40)
+    np.testing.assert_array_equal(ids, exact_top(emb, q, 10))
+    np.testing.assert_allclose(scores, np.sort(q @ emb.T, axis=1)[:, ::-1][:, :10], atol=1e-5)
+    # through the index: probing every list and fetching every product is the same case
+    index = CatalogueIndex.build(emb, metadata_for(3000), kind="ivfpq", recall_queries=50, progress=False)
+    params = index.manifest["index"]["params"]
+    assert params["refine"] == "sq8" and params["rerank"] < params["rerank_without_refine"]
+    wide = {**params, "nprobe": params["nlist"], "refine_candidates": 300}
+    _, ids = kinds.approximate_search(index.index, "ivfpq", wide, x, q, 10, refine=index.refine)
+    np.testing.assert_array_equal(ids, exact_top(emb, q, 10))
+
+
+def test_sq8_stage_saved_loaded_and_filtered(tmp_path, monkeypatch):
+    emb = clustered(3000)
+    calls = []
+    staged = kinds.refine_then_rerank
+    monkeypatch.setattr(kinds, "refine_then_rerank", lambda *a, **kw: calls.append(1) or staged(*a, **kw))
+    index = CatalogueIndex.build(emb, metadata_for(3000), kind="ivfpq", recall_queries=50, progress=False)
+    est = index.manifest["index"]["estimated_bytes"]
+    no_refine = kinds.estimate_bytes("ivfpq", 3000, 32, {**index.manifest["index"]["params"], "refine": None})
+    assert est - no_refine == 3000 * 32  # the copy is counted: a byte a dimension
+    index.save(tmp_path / "a")
+    loaded = CatalogueIndex.load(tmp_path / "a")
+    assert isinstance(loaded.refine.codes, np.memmap)
+    np.testing.assert_array_equal(loaded.refine.codes, index.refine.codes)
+    q = clustered(10, seed=8)
+
+    def top(idx, **kwargs):
+        return [[h.product_id for h in row] for row in idx.search(q, k=10, **kwargs)]
+
+    calls.clear()
+    assert top(loaded) == top(index) and len(calls) == 2  # both searched through the SQ8 stage
+    loaded.save(tmp_path / "b")  # saved elsewhere, the memory-mapped copy goes along
+    assert top(CatalogueIndex.load(tmp_path / "b")) == top(index)
+    loaded.exact_subset_limit = 0  # filtered search through the FAISS selector and the SQ8 stage
+    rows = np.array([i for i in range(3000) if i % 4 == 0])
+    calls.clear()
+    red = [[int(p[1:]) for p in row] for row in top(loaded, filters=["colour: red"])]
+    assert calls and all(len(r) == 10 and set(r) <= set(rows.tolist()) for r in red)
+    truth = rows[exact_top(emb[rows], q, 10)]
+    loaded.refine, refine = None, loaded.refine  # the old path: 30 x k PQ candidates read exactly
+    old = [[int(p[1:]) for p in row] for row in top(loaded, filters=["colour: red"])]
+    loaded.refine = refine
+    assert kinds.recall_at_k(np.array(red), truth) >= max(0.8, kinds.recall_at_k(np.array(old), truth))
+    (tmp_path / "a" / kinds.REFINE_CODES_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="refine_sq8.npy: missing from the index folder"):
+        CatalogueIndex.load(tmp_path / "a")
+
+
+def test_a_budget_too_small_for_the_sq8_copy_keeps_the_old_path(tmp_path):
+    base = kinds._ivfpq_params(3000, 32, refine=False)
+    with_copy = kinds._ivfpq_params(3000, 32)
+    assert with_copy["refine"] == "sq8" and "refine" not in base and base["rerank"] == kinds.IVFPQ_RERANK
+    between = (kinds.estimate_bytes("ivfpq", 3000, 32, base) + 3000 * 16) / 2**20  # codes fit, copy not
+    assert "refine" not in kinds._ivfpq_params(3000, 32, between)
+    assert "refine" in kinds._ivfpq_params(3000, 32, between + 3000 * 32 / 2**20)
+    # on disk only the centroids and the copy count
+    centroids = kinds.estimate_bytes("ivfpq_disk", 3000, 32, base) / 2**20
+    assert "refine" not in kinds._ivfpq_params(3000, 32, centroids + 0.01, kind="ivfpq_disk")
+    assert kinds._ivfpq_params(3000, 32, centroids + 0.1, kind="ivfpq_disk")["refine"] == "sq8"
+    emb = clustered(3000)
+    index = CatalogueIndex.build(emb, metadata_for(3000), kind="ivfpq", memory_budget_mb=between,
+                                 recall_queries=100, progress=False)  # fmt: skip
+    assert index.refine is None and "refine" not in index.manifest["index"]["params"]
+    assert index.manifest["recall"]["recall_at_10_products"] > 0.8
+    index.save(tmp_path)
+    assert not (tmp_path / kinds.REFINE_CODES_FILE).exists()
+    loaded = CatalogueIndex.load(tmp_path)
+    q = clustered(5, seed=9)
+    assert loaded.refine is None
+    assert [[h.product_id for h in r] for r in loaded.search(q, 10)] == [
+        [h.product_id for h in r] for r in index.search(q, 10)
+    ]

@@ -172,18 +172,21 @@ def test_milvus_export_answers_as_exact_faiss_search_and_honours_filters(world, 
     assert [h["product_id"] for h in hits] == served_top[0]
 
 
-@pytest.mark.slow  # a benchmark run, five processes
+@pytest.mark.slow  # a benchmark run, seven processes
 def test_large_index_bench_measures_both_kinds_against_exact_search(capsys, tmp_path):
     from bench import large_index_bench
 
-    large_index_bench.main(["--num-products", "20000", "--queries", "30", "--single", "5", "--settings", "1:30",
-                            "--folder", str(tmp_path)])  # fmt: skip
+    large_index_bench.main(["--num-products", "20000", "--queries", "30", "--single", "5",
+                            "--settings", "1:30", "1:100:4", "--folder", str(tmp_path)])  # fmt: skip
     out = capsys.readouterr().out
-    rows = [line.split("|") for line in out.splitlines() if line.startswith("| IVF-PQ")]
-    assert [r[1].strip() for r in rows] == [
-        "IVF-PQ, lists in memory",
-        "IVF-PQ, lists on disk (mmap)",
-        "IVF-PQ, lists on disk (mmap)",
+    rows = [[c.strip() for c in line.split("|")] for line in out.splitlines() if line.startswith("| IVF-PQ")]
+    assert [(r[1], r[3], r[5], r[6]) for r in rows] == [
+        ("IVF-PQ, lists in memory", "pread", "-", "30"),
+        ("IVF-PQ, lists in memory", "pread", "100", "4"),
+        ("IVF-PQ, lists on disk (mmap)", "pread", "-", "30"),
+        ("IVF-PQ, lists on disk (mmap)", "pread", "100", "4"),
+        ("IVF-PQ, lists on disk (mmap)", "mmap", "-", "30"),
     ]
-    assert all(float(r[7]) >= 0.9 for r in rows) and "peak RSS of building and serving" in out
+    assert all(float(r[9]) >= 0.9 for r in rows) and "peak RSS of building and serving" in out
+    assert "train + encode SQ8 copy (shared)" in out
     assert not list(tmp_path.iterdir())  # the data and indexes went with their temporary folder

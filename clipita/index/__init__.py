@@ -19,6 +19,7 @@ from clipita.index.catalogue_index import (
 from clipita.index.kinds import (
     DEFAULT_EXACT_THRESHOLD,
     INDEX_KINDS,
+    SQ8Codes,
     approximate_search,
     build_index,
     choose_index_kind,
@@ -60,5 +61,6 @@ __all__ = [
     "model_dim",
     "recall_at_k",
     "rerank_exact",
+    "SQ8Codes",
     "search",
 ]

@@ -26,9 +26,13 @@ from clipita.fileio import write_atomic, write_json
 from clipita.index.kinds import (
     DEFAULT_EXACT_THRESHOLD,
     IVF_DATA_FILE,
+    REFINE_CODES_FILE,
+    REFINE_RANGE_FILE,
+    SQ8Codes,
     apply_search_params,
     approximate_search,
     build_index,
+    build_refine,
     estimate_bytes,
     exact_search,
     gather_rows,
@@ -124,7 +128,9 @@ class CatalogueIndex(ManifestChecks):
 
     Folder layout: `index.faiss`, `embeddings.npy` (float32 `[N, d]`, memory-mapped on load),
     `metadata.parquet` (product_id, title, category, attributes) and `manifest.json` (written last,
-    so a folder with a manifest is complete); an `ivfpq_disk` index adds `index.ivfdata`, its lists.
+    so a folder with a manifest is complete); an `ivfpq_disk` index adds `index.ivfdata`, its lists, and
+    an IVF-PQ index with the SQ8 stage `refine_sq8.npy` (uint8 `[N, d]`, memory-mapped on load) and
+    `refine_sq8_range.npy`.
     """
 
     exact_subset_limit = 65_536  # filtered searches over at most this many products run exactly
@@ -137,6 +143,7 @@ class CatalogueIndex(ManifestChecks):
         metadata: pa.Table,
         manifest: dict,
         path: str | None = None,
+        refine: SQ8Codes | None = None,
     ):
         if index.ntotal != len(embeddings) or len(embeddings) != metadata.num_rows:
             raise ValueError(
@@ -148,6 +155,9 @@ class CatalogueIndex(ManifestChecks):
         self.metadata = metadata
         self.manifest = manifest
         self.path = path
+        if refine is not None and len(refine.codes) != len(embeddings):
+            raise ValueError(f"the SQ8 copy holds {len(refine.codes)} vectors, the index {len(embeddings)}")
+        self.refine = refine
         self._attribute_rows: tuple[list, np.ndarray, np.ndarray] | None = None
         self._tree: CategoryTree | None = None
         self._node_embeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -191,25 +201,30 @@ class CatalogueIndex(ManifestChecks):
         index, kind, params = build_index(
             emb, kind, exact_threshold, memory_budget_mb, seed, progress, directory=directory
         )
+        refine = build_refine(emb, params, seed, directory)
+
+        def measure(p: dict, queries: np.ndarray, with_refine: SQ8Codes | None = refine) -> float:
+            return measure_recall(index, kind, p, emb, queries, refine=with_refine)
+
         recall: dict[str, Any] = {"exact": kind == "flat"}
         if kind != "flat":
             rng = np.random.default_rng(seed)
             sample = emb[rng.choice(len(emb), min(recall_queries, len(emb)), replace=False)]
             recall["product_queries"] = len(sample)
-            recall["recall_at_10_products"] = measure_recall(index, kind, params, emb, sample)
+            recall["recall_at_10_products"] = measure(params, sample)
             all_q = [sample]
             if text_queries is not None and len(text_queries):
                 tq = np.asarray(text_queries, dtype=np.float32)
                 tq = tq[rng.choice(len(tq), min(recall_queries, len(tq)), replace=False)]
                 recall["text_queries"] = len(tq)
-                recall["recall_at_10_text"] = measure_recall(index, kind, params, emb, tq)
+                recall["recall_at_10_text"] = measure(params, tq)
                 all_q.append(tq)
-            recall["recall_at_10"] = measure_recall(index, kind, params, emb, np.concatenate(all_q))
+            recall["recall_at_10"] = measure(params, np.concatenate(all_q))
             if params.get("rerank"):  # what the quantised codes alone would give
-                raw = {**params, "rerank": 0}
-                recall["recall_at_10_without_rerank"] = measure_recall(
-                    index, kind, raw, emb, np.concatenate(all_q)
-                )
+                raw = {**params, "rerank": 0, "rerank_without_refine": 0}
+                recall["recall_at_10_without_rerank"] = measure(raw, np.concatenate(all_q), None)
+            if refine is not None:  # the path without the SQ8 stage: PQ candidates re-ranked exactly
+                recall["recall_at_10_without_refine"] = measure(params, np.concatenate(all_q), None)
         manifest = {
             "format_version": 1,
             "clipita_version": clipita_version(),
@@ -227,7 +242,7 @@ class CatalogueIndex(ManifestChecks):
             "recall": recall,
             **(extra_manifest or {}),
         }
-        built = cls(index, emb, table, manifest)
+        built = cls(index, emb, table, manifest, refine=refine)
         built.path = None if directory is None else str(directory)
         return built
 
@@ -236,6 +251,8 @@ class CatalogueIndex(ManifestChecks):
         out.mkdir(parents=True, exist_ok=True)
         if self.kind == "ivfpq_disk" and self.path and Path(self.path).resolve() != out.resolve():
             write_atomic(out / IVF_DATA_FILE, lambda p: shutil.copyfile(Path(self.path) / IVF_DATA_FILE, p))
+        if self.refine is not None:
+            self.refine.save(out)
         write_atomic(out / "index.faiss", lambda p: faiss.write_index(self.index, str(p)))
         if not _is_file_of(self.embeddings, out / "embeddings.npy"):  # a build from the folder's own file
             write_atomic(
@@ -273,12 +290,21 @@ class CatalogueIndex(ManifestChecks):
         apply_search_params(index, manifest["index"]["kind"], manifest["index"]["params"])
         embeddings = read("embeddings.npy", open_embeddings)
         metadata = read("metadata.parquet", pq.read_table)
+        refine = None
+        if manifest["index"]["params"].get("refine") == "sq8":
+            read(REFINE_RANGE_FILE, lambda p: p.stat())  # a missing or damaged file says which
+            refine = read(REFINE_CODES_FILE, lambda p: SQ8Codes.load(p.parent))
+            if refine.codes.shape != tuple(embeddings.shape):
+                raise ValueError(
+                    f"{path / REFINE_CODES_FILE} holds {refine.codes.shape} codes for {embeddings.shape} "
+                    "embeddings; the folder mixes two builds: rebuild the index"
+                )
         if index.ntotal != len(embeddings) or len(metadata) != len(embeddings):
             raise ValueError(
                 f"{path}: index.faiss holds {index.ntotal} vectors, embeddings.npy {len(embeddings)} and "
                 f"metadata.parquet {len(metadata)} rows; the folder mixes two builds: rebuild the index"
             )
-        return cls(index, embeddings, metadata, manifest, str(path))
+        return cls(index, embeddings, metadata, manifest, str(path), refine=refine)
 
     def rows_matching(self, filters: Sequence[str], synonyms: Mapping | None = None) -> np.ndarray:
         """Sorted row numbers of the products that carry every `key: value` attribute.
@@ -373,7 +399,9 @@ class CatalogueIndex(ManifestChecks):
         if self.kind != "flat" and k * 10 >= len(self):  # a large share of the catalogue: exact is cheaper
             return self._exact(q, k)
         params = self.manifest["index"]["params"]
-        scores, ids = approximate_search(self.index, self.kind, params, self.embeddings, q, k)
+        scores, ids = approximate_search(
+            self.index, self.kind, params, self.embeddings, q, k, refine=self.refine
+        )
         short = (ids < 0).any(axis=1)  # an approximate index may return fewer than k: finish exactly
         if short.any():
             scores[short], ids[short] = self._exact(q[short], k)
@@ -387,7 +415,9 @@ class CatalogueIndex(ManifestChecks):
             return self._exact(q, k, allowed)
         selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
         params = self.manifest["index"]["params"]
-        scores, ids = approximate_search(self.index, self.kind, params, self.embeddings, q, k, selector)
+        scores, ids = approximate_search(
+            self.index, self.kind, params, self.embeddings, q, k, selector, refine=self.refine
+        )
         short = (ids < 0).any(axis=1)
         if short.any():
             scores[short], ids[short] = self._exact(q[short], k, allowed)

@@ -6,6 +6,12 @@ Embeddings are expected L2-normalised, so inner product is cosine similarity. Th
 process's memory), exact search runs chunk by chunk, and re-ranking reads only the candidates' rows.
 `ivfpq_disk` keeps the IVF-PQ lists in a file beside the index (FAISS's `OnDiskInvertedLists`),
 memory-mapped when loaded, so neither building nor serving holds the codes in memory.
+
+IVF-PQ searches in up to three stages: the PQ codes rank `refine_candidates * k` products; an 8-bit
+scalar-quantised copy of every vector (`SQ8Codes`, d bytes a product, memory-mapped from a file beside the
+index) re-scores them; the best `rerank * k` of those are read from the exact embeddings and ordered by
+their exact scores. Without the SQ8 copy (an older index, or a memory budget too small for it) the PQ
+candidates, `rerank_without_refine * k` of them, go straight to the exact re-rank.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -28,30 +36,41 @@ logger = logging.getLogger(__name__)
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq", "ivfpq_disk")
 IVF_KINDS = ("ivfpq", "ivfpq_disk")
 IVF_DATA_FILE = "index.ivfdata"  # the on-disk lists, beside index.faiss
+REFINE_CODES_FILE = "refine_sq8.npy"  # the SQ8 copy of every vector, uint8 [N, d], beside index.faiss
+REFINE_RANGE_FILE = "refine_sq8_range.npy"  # its per-dimension minimum and range, float32 [2, d]
 CHUNK_ROWS = 100_000  # rows read, added or searched at a time
 EXACT_BLOCK_SCORES = 2**23  # exact search holds this many scores (and their int64 positions) at a time
 DEFAULT_EXACT_THRESHOLD = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 128
-# IVF-PQ fetches k * this candidates and re-scores them exactly (recall and speed per factor: docs/BENCHMARKS.md)
+# IVF-PQ without the SQ8 stage fetches k * this candidates and re-scores them exactly (recall and speed per
+# factor: docs/BENCHMARKS.md)
 IVFPQ_RERANK = 30
+# with the SQ8 stage: the PQ codes fetch k * REFINE_CANDIDATES, the SQ8 copy keeps k * REFINE_RERANK of them,
+# and those are re-scored exactly
+REFINE_CANDIDATES = 100
+REFINE_RERANK = 4
 # above this many products the IVF centroids are searched through an HNSW graph: a flat scan of thousands of
 # centroids for each of millions of added vectors would dominate the build
 HNSW_QUANTIZER_ABOVE = 2_000_000
 
 
-def _ivfpq_params(n: int, dim: int, memory_budget_mb: float | None = None) -> dict:
-    """nlist ~ 2 sqrt(n) (>= 39 training points per list); PQ bytes ~ dim / 8, halved until in budget.
+def _ivfpq_params(
+    n: int, dim: int, memory_budget_mb: float | None = None, kind: str = "ivfpq", refine: bool = True
+) -> dict:
+    """nlist ~ 2 sqrt(n) (>= 39 training points per list); PQ bytes ~ dim / 4 (at most 64), halved until
+    in budget (`ivfpq`: its codes are in memory); then the SQ8 stage (`refine`) if it fits the budget too.
 
-    2 sqrt(n) rather than FAISS's usual 4 sqrt(n) halves k-means training. Sub-vectors keep >= 8
-    dimensions: FAISS trains 4-dimensional sub-quantizers far more slowly (no BLAS path).
+    2 sqrt(n) rather than FAISS's usual 4 sqrt(n) halves k-means training. 4-dimensional sub-vectors
+    rather than 8: at 10M products 16-byte codes lost a third of the true top 10 (recall and training
+    time per code size: docs/BENCHMARKS.md, "An index larger than memory").
     """
     nlist = max(1, min(int(2 * math.sqrt(n)), n // 39))
     nbits = 8 if n >= 39 * 256 else max(4, min(8, int(math.log2(max(n // 39, 16)))))
     divisors = [m for m in range(1, dim + 1) if dim % m == 0]
-    m = max(d for d in divisors if d <= max(1, min(64, dim // 8)))
-    while memory_budget_mb is not None and m > 1:
+    m = max(d for d in divisors if d <= max(1, min(64, dim // 4)))
+    while memory_budget_mb is not None and kind == "ivfpq" and m > 1:
         if (
             estimate_bytes("ivfpq", n, dim, {"nlist": nlist, "m": m, "nbits": nbits})
             <= memory_budget_mb * 2**20
@@ -62,12 +81,24 @@ def _ivfpq_params(n: int, dim: int, memory_budget_mb: float | None = None) -> di
     params = {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": IVFPQ_RERANK}
     if n > HNSW_QUANTIZER_ABOVE:  # finding a vector's nearest of thousands of centroids by graph, not scan
         params["quantizer_efSearch"] = 2 * nprobe
+    with_refine = {
+        **params,
+        "refine": "sq8",
+        "refine_candidates": REFINE_CANDIDATES,
+        "rerank": REFINE_RERANK,
+        "rerank_without_refine": IVFPQ_RERANK,
+    }
+    if refine and (
+        memory_budget_mb is None or estimate_bytes(kind, n, dim, with_refine) <= memory_budget_mb * 2**20
+    ):
+        return with_refine
     return params
 
 
 def estimate_bytes(kind: str, n: int, dim: int, params: dict | None = None) -> int:
     """Resident size of an index: vectors, plus graph links (HNSW) or codes, ids and centroids (IVF-PQ);
-    on disk (ivfpq_disk) only the centroids stay in memory, the lists are paged in as probed."""
+    on disk (ivfpq_disk) only the centroids stay in memory, the lists are paged in as probed. The SQ8 copy
+    (d bytes a product) is counted whole: serving touches all of it in time."""
     if kind == "flat":
         return n * dim * 4
     if kind == "hnsw":
@@ -77,7 +108,8 @@ def estimate_bytes(kind: str, n: int, dim: int, params: dict | None = None) -> i
         p = params or _ivfpq_params(n, dim)
         code = math.ceil(p["m"] * p["nbits"] / 8)
         centroids = p["nlist"] * dim * 4 + p["m"] * (2 ** p["nbits"]) * (dim // p["m"]) * 4
-        return centroids + (0 if kind == "ivfpq_disk" else n * (code + 8))
+        refine = n * dim if p.get("refine") == "sq8" else 0
+        return centroids + refine + (0 if kind == "ivfpq_disk" else n * (code + 8))
     raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
 
 
@@ -87,8 +119,9 @@ def choose_index_kind(
     """Exact below the threshold when it fits the budget; else HNSW if it fits; else IVF-PQ in memory if its
     codes fit; else IVF-PQ with its lists on disk."""
 
-    def fits(kind: str) -> bool:
-        return memory_budget_mb is None or estimate_bytes(kind, n, dim) <= memory_budget_mb * 2**20
+    def fits(kind: str) -> bool:  # IVF-PQ's SQ8 stage is left out when it does not fit: not counted here
+        params = _ivfpq_params(n, dim, refine=False) if kind in IVF_KINDS else None
+        return memory_budget_mb is None or estimate_bytes(kind, n, dim, params) <= memory_budget_mb * 2**20
 
     if n <= exact_threshold and fits("flat"):
         return "flat"
@@ -193,6 +226,106 @@ def gather_rows(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return rows[inverse.reshape(-1)]
 
 
+@dataclass
+class SQ8Codes:
+    """An 8-bit scalar-quantised copy of the vectors (FAISS `ScalarQuantizer` QT_8bit: per dimension, the
+    range seen in training cut into 255 steps), d bytes a product, to re-score candidates without reading
+    the exact embeddings. `codes` is usually memory-mapped from `REFINE_CODES_FILE`."""
+
+    codes: np.ndarray  # uint8 [N, d]
+    vmin: np.ndarray  # float32 [d]
+    vdiff: np.ndarray  # float32 [d]
+
+    @staticmethod
+    def quantizer(sample: np.ndarray) -> faiss.ScalarQuantizer:
+        sq = faiss.ScalarQuantizer(sample.shape[1], faiss.ScalarQuantizer.QT_8bit)
+        sq.train(np.ascontiguousarray(sample, np.float32))
+        return sq
+
+    @classmethod
+    def build(cls, x: np.ndarray, sample: np.ndarray, directory: str | os.PathLike | None = None) -> SQ8Codes:
+        """Train on `sample` and encode `x` chunk by chunk, into `directory/REFINE_CODES_FILE` (memory-mapped
+        back) when a folder is given, else into memory."""
+        sq = cls.quantizer(sample)
+        n, dim = x.shape
+        trained = faiss.vector_to_array(sq.trained).reshape(2, dim)
+        if directory is None:
+            codes = np.empty((n, dim), np.uint8)
+            for start, rows in iter_chunks(x):
+                codes[start : start + len(rows)] = sq.compute_codes(rows)
+            return cls(codes, trained[0], trained[1])
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{REFINE_CODES_FILE}.tmp"
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "|u1", "fortran_order": False, "shape": (n, dim)}
+            )
+            for _, rows in iter_chunks(x):
+                f.write(sq.compute_codes(rows).tobytes())
+        os.replace(tmp, folder / REFINE_CODES_FILE)
+        np.save(folder / REFINE_RANGE_FILE, trained)
+        return cls.load(folder)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> SQ8Codes:
+        folder = Path(directory)
+        trained = np.load(folder / REFINE_RANGE_FILE)
+        return cls(np.load(folder / REFINE_CODES_FILE, mmap_mode="r"), trained[0], trained[1])
+
+    def save(self, directory: str | os.PathLike) -> None:
+        folder = Path(directory)
+        filename = getattr(self.codes, "filename", None)
+        target = folder / REFINE_CODES_FILE
+        if not (filename and target.exists() and Path(filename).resolve() == target.resolve()):
+            tmp = folder / f".{REFINE_CODES_FILE}.tmp"
+            if filename:  # a memory-mapped copy: file to file, never through memory
+                shutil.copyfile(filename, tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    np.save(f, np.asarray(self.codes, np.uint8))
+            os.replace(tmp, target)
+        np.save(folder / REFINE_RANGE_FILE, np.stack([self.vmin, self.vdiff]).astype(np.float32))
+
+    def scores(self, q: np.ndarray, candidates: np.ndarray, max_values: int = 2**23) -> np.ndarray:
+        """Approximate inner products of each query row with its candidates (-1 = none: -inf), from the
+        codes decoded as FAISS decodes them: x = vmin + (code + 0.5) / 255 * vdiff."""
+        weights = q * (self.vdiff / 255.0)  # [Q, d]
+        offset = q @ (self.vmin + 0.5 / 255.0 * self.vdiff)  # [Q]
+        out = np.empty(candidates.shape, np.float32)
+        step = max(1, max_values // max(1, candidates.shape[1] * q.shape[1]))
+        for start in range(0, len(q), step):
+            cand = candidates[start : start + step]
+            codes = np.asarray(self.codes[np.maximum(cand, 0).ravel()]).reshape(*cand.shape, -1)
+            part = np.matmul(codes.astype(np.float32), weights[start : start + step, :, None])[..., 0]
+            out[start : start + step] = part + offset[start : start + step, None]
+        out[candidates < 0] = -np.inf
+        return out
+
+
+def refine_then_rerank(
+    refine: SQ8Codes, embeddings: np.ndarray, q: np.ndarray, candidates: np.ndarray, k: int, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score candidates from the SQ8 copy, keep the best `keep` per query and order those exactly."""
+    approx = refine.scores(q, candidates)
+    keep = max(k, min(keep, candidates.shape[1]))
+    if keep < candidates.shape[1]:
+        top = np.argpartition(-approx, keep - 1, axis=1)[:, :keep]
+        candidates = np.where(
+            np.isinf(np.take_along_axis(approx, top, 1)), -1, np.take_along_axis(candidates, top, 1)
+        )
+    return rerank_exact(embeddings, q, candidates, k)
+
+
+def build_refine(
+    x: np.ndarray, params: dict, seed: int = 0, directory: str | os.PathLike | None = None
+) -> SQ8Codes | None:
+    """The SQ8 copy an IVF-PQ index's parameters ask for (`refine: "sq8"`), else None."""
+    if params.get("refine") != "sq8":
+        return None
+    return SQ8Codes.build(x, _train_sample(x, params, seed + 1), directory)
+
+
 def _ondisk_ivfpq(trained: faiss.Index, x: np.ndarray, directory: Path, progress: bool) -> faiss.Index:
     """Add `x` chunk by chunk into block indexes, merge their lists into `directory/index.ivfdata`
     (FAISS's OnDiskInvertedLists) and return the index, its lists memory-mapped from that file."""
@@ -259,7 +392,7 @@ def build_index(
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
     else:  # on disk, the lists need no memory: the budget does not shrink the codes
-        params = _ivfpq_params(n, dim, memory_budget_mb if kind == "ivfpq" else None)
+        params = _ivfpq_params(n, dim, memory_budget_mb, kind)
         quantizer = f"_HNSW{HNSW_M}" if "quantizer_efSearch" in params else ""
         spec = f"IVF{params['nlist']}{quantizer},PQ{params['m']}x{params['nbits']}"
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
@@ -337,16 +470,28 @@ def approximate_search(
     q: np.ndarray,
     k: int,
     selector: faiss.IDSelector | None = None,
+    refine: SQ8Codes | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Search `index` with its parameters; IVF-PQ re-ranks `rerank * k` candidates exactly.
+    """Search `index` with its parameters. IVF-PQ with its SQ8 copy (`refine`, when the parameters ask for
+    it) fetches `refine_candidates * k` candidates, re-scores them from the copy and re-ranks the best
+    `rerank * k` exactly; without the copy it re-ranks `rerank_without_refine * k` (older indexes:
+    `rerank * k`) candidates exactly.
 
     Rows may hold -1 where an approximate index found fewer than k products.
     """
-    factor = params.get("rerank", 0) if embeddings is not None else 0
+    staged = refine is not None and embeddings is not None and params.get("refine") == "sq8"
+    if staged:
+        factor = params["refine_candidates"]
+    elif embeddings is not None:
+        factor = params.get("rerank_without_refine", params.get("rerank", 0))
+    else:
+        factor = 0
     if kind not in IVF_KINDS or factor <= 1:
         return index.search(q, k, params=search_params(kind, params, k, selector))
     fetch = min(index.ntotal, k * factor)
     _, candidates = index.search(q, fetch, params=search_params(kind, params, fetch, selector))
+    if staged:
+        return refine_then_rerank(refine, embeddings, q, candidates, k, k * params["rerank"])
     return rerank_exact(embeddings, q, candidates, k)
 
 
@@ -357,10 +502,11 @@ def measure_recall(
     embeddings: np.ndarray,
     queries: np.ndarray,
     k: int = 10,
+    refine: SQ8Codes | None = None,
 ) -> float:
     """recall@k of `index` searched as CatalogueIndex searches it, against exact inner-product search."""
     k = min(k, len(embeddings))
     q = np.ascontiguousarray(queries, dtype=np.float32)
     _, exact = exact_search(embeddings, q, k)
-    _, approx = approximate_search(index, kind, params, embeddings, q, k)
+    _, approx = approximate_search(index, kind, params, embeddings, q, k, refine=refine)
     return recall_at_k(approx, exact, k)
