@@ -254,36 +254,11 @@ def test_broad_dropout_is_a_function_of_seed_epoch_and_index_and_spares_leaf_pai
     assert [pairs[i]["title"] for i in range(40)] != [r["title"] for r in first]
 
 
-def test_broad_title_word_dropout_keeps_a_subsequence_of_the_words():
-    rows = tiny_catalogue(num_train=40, num_validation=2)["train"]
-    columns = ["image", "title", "attributes"]
-    pairs = TrainingPairs(rows, "all", seed=3, columns=columns, broad_dropout={"title_words": 0.5})
-    plain = TrainingPairs(rows, "all", seed=3, columns=columns)
-    shortened = 0
-    for i in range(40):
-        row, ref = pairs[i], plain[i]
-        assert row["image"].tobytes() == ref["image"].tobytes()
-        if len(row["node"]) == len(row["category"]):
-            assert row["title"] == ref["title"]
-            continue
-        words, kept = ref["title"].split(), row["title"].split()
-        assert kept and all(w in words for w in kept)  # never empty, only the title's own words
-        position = [words.index(w) for w in kept]
-        assert position == sorted(position) or len(set(words)) < len(words)  # in their order
-        shortened += len(kept) < len(words)
-    assert shortened
-    assert [pairs[i]["title"] for i in range(40)] == [
-        TrainingPairs(rows, "all", seed=3, columns=columns, broad_dropout={"title_words": 0.5})[i]["title"]
-        for i in range(40)
-    ]  # a function of (seed, epoch, index): a resumed run draws the same
-
-
 def test_broad_dropout_argument_errors(capsys):
     assert parse_args(["--broad_dropout", "title:0.9,image:0.5"]).broad_dropout == {
         "title": 0.9,
         "image": 0.5,
     }
-    assert parse_args(["--broad_dropout", "title_words:0.3"]).broad_dropout == {"title_words": 0.3}
     assert parse_args([]).broad_dropout is None  # the paper's recipe is the default
     for bad in ("title:2", "attributes:0.5", "title", "title:0.1,title:0.2"):
         with pytest.raises(SystemExit):

@@ -163,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--broad_dropout",
         type=_broad_dropout,
         default=None,
-        help='modality dropout for pairs whose node is broader than the leaf, e.g. "title:0.5,image:0.5" or '
-        '"title_words:0.5": the title is dropped / the image greyed / each title word dropped with that '
-        "probability, decided by (seed, epoch, product) (default: none, the paper's recipe)",
+        help='modality dropout for pairs whose node is broader than the leaf, e.g. "title:0.5,image:0.5": '
+        "the title is dropped / the image greyed with that probability, decided by (seed, epoch, product) "
+        "(default: none, the paper's recipe)",
     )
     training.add_argument("--freeze_towers", action="store_true", help="freeze CLIP's vision and text towers")
     training.add_argument("--freeze_vision", action="store_true", help="freeze CLIP's vision tower")

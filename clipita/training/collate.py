@@ -2,11 +2,9 @@
 
 The node is a function of (seed, epoch, product index) and the order of products a function of
 (seed, epoch), so a resumed run sees exactly the pairs an uninterrupted one would, with no RNG state to save.
-Broad dropout (`--broad_dropout title:P,image:P,title_words:P`) is too: for a pair whose node is broader
-than the product's leaf, the title is dropped with probability P, the image greyed with probability P, and
-each word of the title dropped with probability P, decided by (seed, epoch, index), so what a group's
-products share (attributes, shape, the title's other words) has to carry the broad category, not the word
-that names the leaf.
+Broad dropout (`--broad_dropout title:P,image:P`) is too: for a pair whose node is broader than the
+product's leaf, the title is dropped with probability P and the image greyed with probability P, decided by
+(seed, epoch, index), so what a group's products share (attributes, shape) has to carry the broad category.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from clipita.tree import Node, NodeVocabulary, check_level, node_at_level
 logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 16  # consecutive unreadable rows tolerated before giving up
-BROAD_DROPOUT_MODALITIES = ("title", "image", "title_words")
+BROAD_DROPOUT_MODALITIES = ("title", "image")
 GREY = (128, 128, 128)
 
 
@@ -52,16 +50,6 @@ def broad_dropout_draws(seed: int, epoch: int, index: int) -> dict[str, bool]:
     modality, from their own stream of (seed, epoch, index) (the node's draw is another)."""
     u = np.random.default_rng([seed, epoch, index, 2]).random(len(BROAD_DROPOUT_MODALITIES))
     return dict(zip(BROAD_DROPOUT_MODALITIES, u.tolist()))
-
-
-def drop_words(text: str, probability: float, key: tuple[int, int, int]) -> str:
-    """`text` without each of its words with `probability`, drawn from the stream of `key` (seed, epoch,
-    index); one word is always kept, so a title never becomes empty this way."""
-    words = text.split()
-    keep = np.random.default_rng([*key, 3]).random(len(words)) >= probability
-    if not keep.any():
-        keep[int(np.random.default_rng([*key, 4]).integers(len(words)))] = True
-    return " ".join(w for w, k in zip(words, keep) if k)
 
 
 class TrainingPairs(Dataset):
@@ -111,18 +99,13 @@ class TrainingPairs(Dataset):
         raise RuntimeError(f"{MAX_REPLACEMENTS} consecutive unreadable training rows from row {index}")
 
     def drop_broad(self, index: int, row: dict) -> None:
-        """Broad dropout, in place: a pair whose node is broader than its leaf loses its title (-> ""), its
-        image (-> grey, same size) as `broad_dropout_draws` decides for (seed, epoch, index), and / or words
-        of its title (`drop_words`)."""
+        """Broad dropout, in place: a pair whose node is broader than its leaf loses its title (-> "") and /
+        or its image (-> grey, same size) as `broad_dropout_draws` decides for (seed, epoch, index)."""
         if not self.broad_dropout or len(row["node"]) >= len(row["category"]):
             return
         draws = broad_dropout_draws(self.seed, self.epoch, index)
         if "title" in row and draws["title"] < self.broad_dropout.get("title", 0.0):
             row["title"] = ""
-        if row.get("title") and self.broad_dropout.get("title_words", 0.0):
-            row["title"] = drop_words(
-                row["title"], self.broad_dropout["title_words"], (self.seed, self.epoch, index)
-            )
         if row.get("image") is not None and draws["image"] < self.broad_dropout.get("image", 0.0):
             row["image"] = Image.new("RGB", row["image"].size, GREY)
 
