@@ -60,7 +60,7 @@ for pair in "demo:demo" "hard:$HARD"; do
   ds=${pair%%:*}
   data=${pair#*:}
   for seed in ${SEEDS//,/ }; do
-    train "$ds" "$data" paper "$seed"
+    train "$ds" "$data" paper "$seed" --broad_dropout none
     train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD"
     evaluate "$ds" "$data" paper "$seed" node "paper"
     evaluate "$ds" "$data" paper "$seed" max_leaf "paper + max_leaf"
