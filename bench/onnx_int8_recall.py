@@ -1,8 +1,8 @@
 """How much the int8 ONNX export changes retrieval: recall@10 of its top 10 against the float model's.
 
 A trained model folder is copied to a temporary folder and exported there (`clipita.onnx_export`); a
-catalogue split is encoded by PyTorch, ONNX float32 and ONNX int8 made both ways of
-clipita.onnx_export.INT8_METHODS (`quantize_dynamic`, the default, and weight-only blocks), and every category node on the split's
+catalogue split is encoded by PyTorch, ONNX float32 and ONNX int8 made each way of
+clipita.onnx_export.INT8_METHODS (`quantize_dynamic`, the default; `mixed`; weight-only blocks), and every category node on the split's
 paths (the paper's "all" setting) is a query, ranked over the split by exact search. Printed side by
 side: recall@10 of each ONNX top 10 against PyTorch's (the share of PyTorch's top 10 it returns), the
 largest embedding difference, P@10 and mAP@10 under the paper's protocol (clipita.evaluation), and the
@@ -25,7 +25,7 @@ from clipita.data import load_catalogue
 from clipita.evaluation import clipita_embeddings, evaluate_dense
 from clipita.loading import load_model
 from clipita.onnx_encoder import OnnxEncoder
-from clipita.onnx_export import add_int8, export_onnx
+from clipita.onnx_export import INT8_METHODS, add_int8, export_onnx
 from clipita.tree import category_nodes
 
 if __package__:  # imported: python -m bench.onnx_int8_recall, or the tests
@@ -33,6 +33,9 @@ if __package__:  # imported: python -m bench.onnx_int8_recall, or the tests
 else:  # run as a script, python bench/onnx_int8_recall.py: its folder is on sys.path
     import _machine
     import common
+
+
+LABELS = {"dynamic": "int8 dynamic", "mixed": "int8 mixed", "weight-only": "int8 w-only"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,16 +73,18 @@ def main(argv: list[str] | None = None) -> float:
             )
         )
         sizes = export_onnx(folder)["sizes"]  # int8: quantize_dynamic
-        weight_only = Path(shutil.copytree(folder, Path(scratch) / "weight-only"))
-        wo_sizes = add_int8(weight_only, "weight-only")["sizes"]
-        sizes.update({f"{k} (weight-only)": v for k, v in wo_sizes.items() if "int8" in k})
+        folders = {"dynamic": folder}
+        for method in INT8_METHODS:
+            if method != "dynamic":
+                folders[method] = Path(shutil.copytree(folder, Path(scratch) / method))
+                other = add_int8(folders[method], method)["sizes"]
+                sizes.update({f"{k} ({method})": v for k, v in other.items() if "int8" in k})
         model, processor = load_model(folder, device="cpu")
         threads = torch.get_num_threads()
         encoders = {
             "PyTorch": model,
             "ONNX fp32": OnnxEncoder(folder, "fp32", threads),
-            "int8 dynamic": OnnxEncoder(folder, "int8", threads),
-            "int8 w-only": OnnxEncoder(weight_only, "int8", threads),
+            **{LABELS[m]: OnnxEncoder(f, "int8", threads) for m, f in folders.items()},
         }
         nodes = sorted({node for path in paths for node in category_nodes(path)})
         texts = [processor.category_text(list(node)) for node in nodes]
@@ -122,11 +127,12 @@ def main(argv: list[str] | None = None) -> float:
         print(
             f"{name:12}{recall[name]:22.4f}{diff:14.2e}{100 * overall['P@10']:8.2f}{100 * overall['mAP@10']:8.2f}"
         )
-    worst = min(
-        (len(set(a) & set(b)) / len(b), nodes[i])
-        for i, (a, b) in enumerate(zip(rows["int8 dynamic"]["top10"], reference["top10"]))
-    )
-    print(f"int8 dynamic: lowest recall@10 of one query {worst[0]:.2f} ({' > '.join(worst[1])})")
+    for name in (LABELS[m] for m in INT8_METHODS):
+        worst = min(
+            (len(set(a) & set(b)) / len(b), nodes[i])
+            for i, (a, b) in enumerate(zip(rows[name]["top10"], reference["top10"]))
+        )
+        print(f"{name}: lowest recall@10 of one query {worst[0]:.2f} ({' > '.join(worst[1])})")
     print(f"ratio {recall['int8 dynamic']:.4f}")
     return recall["int8 dynamic"]
 

@@ -1,7 +1,7 @@
 """Products/s and categories/s of PyTorch float32 against ONNX Runtime float32 and int8, in one run.
 
 The model is saved to a temporary folder and exported by `clipita.onnx_export` (the encoders traced from the
-model; int8 both ways of clipita.onnx_export.INT8_METHODS: `quantize_dynamic` and weight-only blocks); all
+model; int8 each way of clipita.onnx_export.INT8_METHODS: `quantize_dynamic`, `mixed` and weight-only blocks); all
 encode the same synthetic products with the same processor,
 in interleaved rounds. End to end (processor included) and forward only (the same preprocessed batches)
 are timed; a ratio is the median of the rounds' ratios (ONNX speed / PyTorch speed), its range beside.
@@ -34,7 +34,18 @@ else:  # run as a script, python bench/onnx_throughput.py: its folder is on sys.
     import _machine
     import common
 
-SIDES = {"torch": "PyTorch", "onnx": "ONNX fp32", "int8": "int8 dyn.", "int8wo": "int8 w-o"}
+SIDES = {
+    "torch": "PyTorch",
+    "onnx": "ONNX fp32",
+    "int8": "int8 dyn.",
+    "int8mx": "int8 mixed",
+    "int8wo": "int8 w-o",
+}
+INT8_SIDES = {
+    "int8": "dynamic",
+    "int8mx": "mixed",
+    "int8wo": "weight-only",
+}  # clipita.onnx_export.INT8_METHODS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,15 +84,16 @@ def main(argv: list[str] | None = None) -> float:
         processor.save_pretrained(folder)
         add_sentence_transformers_files(folder)
         manifest = export_onnx(folder)  # int8: quantize_dynamic
-        weight_only = Path(shutil.copytree(folder, Path(scratch) / "weight-only"))
-        wo_sizes = add_int8(weight_only, "weight-only")["sizes"]
-        sizes = {**manifest["sizes"], **{f"{k} (weight-only)": v for k, v in wo_sizes.items() if "int8" in k}}
+        sizes = dict(manifest["sizes"])
+        encoders = {"onnx": OnnxEncoder(folder, "fp32", torch.get_num_threads())}
+        for side, method in INT8_SIDES.items():
+            copy = folder
+            if method != "dynamic":
+                copy = Path(shutil.copytree(folder, Path(scratch) / method))
+                other = add_int8(copy, method)["sizes"]
+                sizes.update({f"{k} ({method})": v for k, v in other.items() if "int8" in k})
+            encoders[side] = OnnxEncoder(copy, "int8", torch.get_num_threads())
         threads = torch.get_num_threads()
-        encoders = {
-            "onnx": OnnxEncoder(folder, "fp32", threads),
-            "int8": OnnxEncoder(folder, "int8", threads),
-            "int8wo": OnnxEncoder(weight_only, "int8", threads),
-        }
         batches = [products.slice(i, i + args.batch_size) for i in range(0, len(products), args.batch_size)]
         processed = [processor(images=b.images, titles=b.titles, attributes=b.attributes) for b in batches]
         feeds = [{k: v.numpy() for k, v in inputs.items()} for inputs in processed]

@@ -147,9 +147,10 @@ def test_onnx_throughput_quick():
     pytest.importorskip("onnxruntime")
     lines = run_bench("onnx_throughput.py", "--num-products", "4", "--batch-size", "2", "--repeats", "1")
     for label in ("products/s end-to-end", "products/s forward only", "categories/s end-to-end"):
-        *speeds, ratio, low, high = figures(lines, label)[:7]  # PyTorch, fp32, int8 dynamic, int8 weight-only
-        assert min(speeds) > 0 and low <= ratio <= high
-    assert float(lines[-1].split()[1]) == figures(lines, "products/s end-to-end")[4]
+        # PyTorch, fp32, int8 dynamic, int8 mixed, int8 weight-only; then fp32's ratio and range
+        *speeds, ratio, low, high = figures(lines, label)[:8]
+        assert len(speeds) == 5 and min(speeds) > 0 and low <= ratio <= high
+    assert float(lines[-1].split()[1]) == figures(lines, "products/s end-to-end")[5]
     difference = next(line for line in lines if line.startswith("max abs difference"))
     onnx_diff = float(re.search(r"onnx (\S+),", difference).group(1))
     assert onnx_diff <= 1e-4  # the float export is the model
@@ -182,6 +183,29 @@ def test_onnx_int8_recall_quick(tmp_path):
     lines = done.stdout.strip().splitlines()
     assert RATIO.match(lines[-1]) and 0 < float(lines[-1].split()[1]) <= 1
     torch_row, fp32_row = figures(lines, "PyTorch"), figures(lines, "ONNX fp32")
-    assert 0 < figures(lines, "int8 w-only")[0] <= 1
+    assert 0 < figures(lines, "int8 w-only")[0] <= 1 and 0 < figures(lines, "int8 mixed")[0] <= 1
     assert torch_row[0] == 1.0 and fp32_row[0] == 1.0  # the float export returns PyTorch's top 10
+    assert not (tmp_path / "model" / "onnx").exists()  # the bench exports into a copy
+
+
+@pytest.mark.slow  # a benchmark run
+def test_onnx_int8_trials_run_on_a_tiny_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from clipita.catalogue import generate_catalogue
+    from tests.test_card import save_tiny_release
+
+    save_tiny_release(tmp_path / "model")
+    generate_catalogue(tmp_path / "catalogue", num_products=150, progress=False)
+    command = [sys.executable, "bench/onnx_int8_trials.py", "--model", str(tmp_path / "model")]
+    command += ["--dataset", str(tmp_path / "catalogue"), "--calibration-count", "32", "--threads", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    for label in (
+        "dynamic, every group int8",
+        "   + text.L0.* (= mixed)",
+        "   train split, Percentile, all int8",
+    ):
+        recall, products, categories = figures(lines, label)[-3:]
+        assert 0 < recall <= 1 and products >= 0 and categories >= 0
     assert not (tmp_path / "model" / "onnx").exists()  # the bench exports into a copy

@@ -116,6 +116,26 @@ def test_weight_only_int8_is_closer_to_the_float_export(exported, tmp_path):
     assert 0 < np.abs(weight_only - fp32).max() < np.abs(dynamic - fp32).max()
 
 
+def test_mixed_int8_keeps_the_sensitive_nodes_float_and_is_closer_than_dynamic(exported, tmp_path):
+    import onnx
+
+    folder = shutil.copytree(exported[0], tmp_path / "mixed")
+    manifest = add_int8(folder, "mixed")
+    assert manifest["int8_method"] == "mixed" and "parity" not in manifest
+    assert manifest["sizes"]["product_encoder_int8.onnx"] < manifest["sizes"]["product_encoder.onnx"]
+    nodes = onnx.load(str(folder / "onnx" / "product_encoder_int8.onnx")).graph.node
+    quantised = [node.name for node in nodes if node.op_type == "MatMulInteger"]
+    assert any("/vision_model/encoder/" in name for name in quantised)  # the vision tower is int8
+    float_kept = ("/text_model/encoder/layers.0/", "text_projection", "attribute_projection", "product_head")
+    assert not [name for name in quantised if any(part in name for part in float_kept)], quantised
+    assert not [node.name for node in nodes if node.op_type == "Gemm" and "_quant" in node.name]
+    images, titles, attributes = random_products(40, seed=4)
+    fp32 = OnnxEncoder(folder, "fp32").encode_products(images, titles, attributes)
+    mixed = OnnxEncoder(folder, "int8").encode_products(images, titles, attributes)
+    dynamic = OnnxEncoder(exported[0], "int8").encode_products(images, titles, attributes)
+    assert 0 < np.abs(mixed - fp32).max() < 0.5 * np.abs(dynamic - fp32).max()
+
+
 def test_release_cli_exports_onnx_into_the_folder_and_still_passes_its_checks(exported, tmp_path, capsys):
     import release as release_cli
     from clipita.card import render_model_card
