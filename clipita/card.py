@@ -292,6 +292,7 @@ TRAINING_SUMMARY = (
     ("started from", "base_model"),
     ("trained against", "category_level"),
     ("loss", "loss"),
+    ("broad dropout (title / image dropped for pairs above the leaf)", "broad_dropout"),
     ("steps", "metrics:train/steps"),
     ("epochs", "metrics:train/epochs"),
     ("global batch size", "metrics:train/global_batch_size"),

@@ -357,7 +357,11 @@ def per_depth_report(
     whose leaf was (not) seen in training, the other relevant products taken out of the ranking. Placement,
     per depth: top-1 / top-3 accuracy of each product's node among every node of that depth ("node": by its
     score; "path": the prefixes of `clipita.tree.rank_paths`, the category suggestion), for products of
-    known / new leaves. Dense [nodes, products] scores: for evaluation splits, not for a whole shop.
+    known / new leaves. Placement reads the nodes' own cosine scores whatever `node_scoring` is, as
+    `suggest_paths` (the Space's and the helper's suggestion) does: a broad node's max over its seen leaves
+    serves ranking products for it, but would let a seen leaf that shares a word with a new product type
+    draw it into that leaf's group. Dense [nodes, products] scores: for evaluation splits, not for a whole
+    shop.
     """
     seen = seen_nodes(train_paths)
     nodes = [tuple(n) for n in nodes]
@@ -367,7 +371,7 @@ def per_depth_report(
     position = {n: i for i, n in enumerate(nodes)}
     leaf_seen = np.array([p in seen for p in paths])
     product_groups = {"known": leaf_seen, "new": ~leaf_seen}
-    leaf_paths, order = rank_paths(scores, nodes, top=len(nodes))
+    leaf_paths, order = rank_paths(raw, nodes, top=len(nodes))
     max_depth = max(len(p) for p in paths)
     report: dict = {"node_scoring": node_scoring, "retrieval": {}, "placement": {}, "path_placement": {}}
     for depth in range(1, max_depth + 1):
@@ -392,8 +396,8 @@ def per_depth_report(
 
         candidates = [n for n in nodes if len(n) == depth]
         truth = np.array([position[p[:depth]] if len(p) >= depth else 0 for p in paths])
-        candidate_scores = scores[[position[n] for n in candidates]].T  # [N, C]
-        true_score = scores[truth, np.arange(len(paths))]
+        candidate_scores = raw[[position[n] for n in candidates]].T  # [N, C]
+        true_score = raw[truth, np.arange(len(paths))]
         node_rank = (candidate_scores > true_score[:, None]).sum(axis=1)
         groups = {g: m & has for g, m in product_groups.items()}
         report["placement"][name] = _accuracy(node_rank, groups)

@@ -122,7 +122,9 @@ def test_per_depth_report_splits_depths_groups_and_scorings():
         product_embeds, node_embeds, NODES, product_paths, train_paths, "tree", temperature=0.07
     )
     assert tree["node_scoring"] == "tree" and tree["retrieval"]["leaf"] == node["retrieval"]["leaf"]
-    assert tree["placement"] == max_leaf["placement"]  # "tree" re-ranks products, never a product's node
+    # placement reads the nodes' own scores, as the category suggestion does, whatever the node scoring
+    assert tree["placement"] == max_leaf["placement"] == node["placement"]
+    assert tree["path_placement"] == max_leaf["path_placement"] == node["path_placement"]
 
 
 def test_per_depth_results_are_checked():
@@ -138,3 +140,25 @@ def test_suggest_paths_returns_tree_consistent_paths_best_first():
     assert [s[0][0] for s in suggestions[:4]] == product_paths
     assert all(len(s) == 2 and s[0][1] >= s[1][1] for s in suggestions[:4])
     assert suggestions[4] == []
+
+
+def test_placement_reads_the_nodes_own_scores_not_their_seen_leaves():
+    """A new type (A > x > 2) whose product shares a word with a seen leaf of another root (B > z > 4): its
+    own nodes score highest, but max over seen leaves would lift root B above A for it."""
+    product_embeds, node_embeds, product_paths, train_paths = _embeddings()
+    position = {n: i for i, n in enumerate(NODES)}
+    new = product_paths.index(("A", "x", "2"))
+    product_embeds = product_embeds.copy()
+    product_embeds[new] = (
+        0.6 * node_embeds[position[("A",)]]
+        + 0.6 * node_embeds[position[("A", "x")]]
+        + 0.7 * node_embeds[position[("B", "z", "4")]]
+    )
+    node = per_depth_report(product_embeds, node_embeds, NODES, product_paths, train_paths, "node")
+    tree = per_depth_report(
+        product_embeds, node_embeds, NODES, product_paths, train_paths, "tree", temperature=0.07
+    )
+    assert node["placement"]["root"]["new"]["top1"] == 1.0
+    assert tree["placement"] == node["placement"]
+    scores = node_scores(node_embeds @ product_embeds.T, NODES, "max_leaf", {tuple(p) for p in train_paths})
+    assert scores[position[("B",)], new] > scores[position[("A",)], new]  # what max_leaf would have placed
