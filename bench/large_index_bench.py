@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=[None],
-        help="PQ code bytes to build and serve (default: the library's choice, dim / 8)",
+        help="PQ code bytes to build and serve (default: the library's choice, dim / 4)",
     )
     parser.add_argument(
         "--settings",
