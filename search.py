@@ -250,8 +250,13 @@ def read_synonyms(path: str | None) -> dict | None:
 def open_backend(args: argparse.Namespace):
     """--backend faiss: the index folder; --backend milvus: a collection written by `export` (issue 17)."""
     if args.backend == "milvus":
+        if getattr(args, "nprobe", None) is not None:
+            raise ValueError("--nprobe applies to a FAISS IVF-PQ index folder, not --backend milvus")
         return MilvusIndex(args.index, args.collection)
-    return CatalogueIndex.load(args.index)
+    index = CatalogueIndex.load(args.index)
+    if getattr(args, "nprobe", None) is not None:
+        index.set_nprobe(args.nprobe)
+    return index
 
 
 def query(args: argparse.Namespace) -> None:
@@ -390,6 +395,12 @@ def parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--collection", default=DEFAULT_COLLECTION, help="the Milvus collection (--backend milvus)"
+    )
+    q.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        help="IVF-PQ index: lists probed per query (default: the build's, nlist / 32; fewer is faster)",
     )
     q.set_defaults(run=query)
 

@@ -542,3 +542,26 @@ def test_a_budget_too_small_for_the_sq8_copy_keeps_the_old_path(tmp_path):
     assert [[h.product_id for h in r] for r in loaded.search(q, 10)] == [
         [h.product_id for h in r] for r in index.search(q, 10)
     ]
+
+
+def test_nprobe_can_be_set_at_query_time(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kinds, "HNSW_QUANTIZER_ABOVE", 1000)  # the centroid graph's efSearch follows nprobe
+    emb = clustered(3000)
+    index = CatalogueIndex.build(emb, metadata_for(3000), kind="ivfpq", recall_queries=200, progress=False)
+    params = index.manifest["index"]["params"]
+    q = clustered(20, seed=5)
+    default = [[h.product_id for h in row] for row in index.search(q, k=10)]
+    index.set_nprobe(1)
+    ivf = faiss.extract_index_ivf(index.index)
+    assert ivf.nprobe == 1 and faiss.downcast_index(ivf.quantizer).hnsw.efSearch == 2
+    assert [[h.product_id for h in row] for row in index.search(q, k=10)] != default  # one list is too few
+    index.set_nprobe(params["nlist"])
+    everything = [[h.product_id for h in row] for row in index.search(q, k=10)]
+    exact = exact_top(emb, q, 10)
+    assert kinds.recall_at_k(np.array([[int(i[1:]) for i in row] for row in everything]), exact) >= 0.99
+    for bad in (0, params["nlist"] + 1):
+        with pytest.raises(ValueError, match="--nprobe must be between 1"):
+            index.set_nprobe(bad)
+    flat = CatalogueIndex.build(emb[:100], metadata_for(100), kind="flat", progress=False)
+    with pytest.raises(ValueError, match="applies to IVF-PQ"):
+        flat.set_nprobe(4)

@@ -26,6 +26,7 @@ from clipita.fileio import write_atomic, write_json
 from clipita.index.kinds import (
     DEFAULT_EXACT_THRESHOLD,
     IVF_DATA_FILE,
+    IVF_KINDS,
     REFINE_CODES_FILE,
     REFINE_RANGE_FILE,
     SQ8Codes,
@@ -165,6 +166,22 @@ class CatalogueIndex(ManifestChecks):
     @property
     def kind(self) -> str:
         return self.manifest["index"]["kind"]
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Probe `nprobe` IVF lists per query from now on (this object only; the folder keeps its own):
+        fewer is faster and may lose recall. The build's choice is nlist / 32; docs/BENCHMARKS.md measures a
+        quarter of it at 10M products."""
+        if self.kind not in IVF_KINDS:
+            raise ValueError(f"--nprobe applies to IVF-PQ indexes; this one is {self.kind!r}")
+        params = self.manifest["index"]["params"]
+        if not 1 <= nprobe <= params["nlist"]:
+            raise ValueError(
+                f"--nprobe must be between 1 and the index's nlist {params['nlist']}, got {nprobe}"
+            )
+        params["nprobe"] = int(nprobe)
+        if "quantizer_efSearch" in params:
+            params["quantizer_efSearch"] = 2 * int(nprobe)
+        apply_search_params(self.index, self.kind, params)
 
     def __len__(self) -> int:
         return self.index.ntotal
