@@ -40,6 +40,7 @@ from clipita.index.kinds import (
     measure_recall,
     open_embeddings,
     read_index,
+    set_ivf_nprobe,
 )
 from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
 from clipita.loading import json_problem
@@ -178,9 +179,7 @@ class CatalogueIndex(ManifestChecks):
             raise ValueError(
                 f"--nprobe must be between 1 and the index's nlist {params['nlist']}, got {nprobe}"
             )
-        params["nprobe"] = int(nprobe)
-        if "quantizer_efSearch" in params:
-            params["quantizer_efSearch"] = 2 * int(nprobe)
+        set_ivf_nprobe(params, nprobe)
         apply_search_params(self.index, self.kind, params)
 
     def __len__(self) -> int:

@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
+from clipita.fileio import write_atomic
 from clipita.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,10 @@ def _ivfpq_params(
             break
         m = max(d for d in divisors if d < m)
     nprobe = min(nlist, max(8, nlist // 32))
-    params = {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": IVFPQ_RERANK}
+    params = {"nlist": nlist, "m": m, "nbits": nbits, "rerank": IVFPQ_RERANK}
     if n > HNSW_QUANTIZER_ABOVE:  # finding a vector's nearest of thousands of centroids by graph, not scan
-        params["quantizer_efSearch"] = 2 * nprobe
+        params["quantizer_efSearch"] = 0
+    set_ivf_nprobe(params, nprobe)
     with_refine = {
         **params,
         "refine": "sq8",
@@ -93,6 +95,13 @@ def _ivfpq_params(
     ):
         return with_refine
     return params
+
+
+def set_ivf_nprobe(params: dict, nprobe: int) -> None:
+    """IVF-PQ parameters probing `nprobe` lists, in place; an HNSW centroid graph searches 2 x nprobe."""
+    params["nprobe"] = int(nprobe)
+    if "quantizer_efSearch" in params:
+        params["quantizer_efSearch"] = 2 * int(nprobe)
 
 
 def estimate_bytes(kind: str, n: int, dim: int, params: dict | None = None) -> int:
@@ -256,15 +265,17 @@ class SQ8Codes:
             return cls(codes, trained[0], trained[1])
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{REFINE_CODES_FILE}.tmp"
-        with open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": "|u1", "fortran_order": False, "shape": (n, dim)}
-            )
-            for _, rows in iter_chunks(x):
-                f.write(sq.compute_codes(rows).tobytes())
-        os.replace(tmp, folder / REFINE_CODES_FILE)
-        np.save(folder / REFINE_RANGE_FILE, trained)
+
+        def write_codes(tmp: Path) -> None:  # chunk by chunk: the codes never sit whole in memory
+            with open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "|u1", "fortran_order": False, "shape": (n, dim)}
+                )
+                for _, rows in iter_chunks(x):
+                    f.write(sq.compute_codes(rows).tobytes())
+
+        write_atomic(folder / REFINE_CODES_FILE, write_codes)
+        _save_array(folder / REFINE_RANGE_FILE, trained)
         return cls.load(folder)
 
     @classmethod
@@ -278,14 +289,11 @@ class SQ8Codes:
         filename = getattr(self.codes, "filename", None)
         target = folder / REFINE_CODES_FILE
         if not (filename and target.exists() and Path(filename).resolve() == target.resolve()):
-            tmp = folder / f".{REFINE_CODES_FILE}.tmp"
             if filename:  # a memory-mapped copy: file to file, never through memory
-                shutil.copyfile(filename, tmp)
+                write_atomic(target, lambda tmp: shutil.copyfile(filename, tmp))
             else:
-                with open(tmp, "wb") as f:
-                    np.save(f, np.asarray(self.codes, np.uint8))
-            os.replace(tmp, target)
-        np.save(folder / REFINE_RANGE_FILE, np.stack([self.vmin, self.vdiff]).astype(np.float32))
+                _save_array(target, np.asarray(self.codes, np.uint8))
+        _save_array(folder / REFINE_RANGE_FILE, np.stack([self.vmin, self.vdiff]).astype(np.float32))
 
     def scores(self, q: np.ndarray, candidates: np.ndarray, max_values: int = 2**23) -> np.ndarray:
         """Approximate inner products of each query row with its candidates (-1 = none: -inf), from the
@@ -301,6 +309,16 @@ class SQ8Codes:
             out[start : start + step] = part + offset[start : start + step, None]
         out[candidates < 0] = -np.inf
         return out
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    """`np.save` through `write_atomic` (to a file object: np.save would add ".npy" to the hidden name)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    write_atomic(path, write)
 
 
 def refine_then_rerank(
