@@ -36,9 +36,11 @@ from clipita.tree import category_nodes
 
 if __package__:
     from bench import _machine, common
+    from bench.onnx_int8_recall import copy_model, overlaps, top10
 else:
     import _machine
     import common
+    from onnx_int8_recall import copy_model, overlaps, top10
 
 ENCODERS = ("category_encoder", "product_encoder")
 LAYER = re.compile(r"/(text|vision)_model/encoder/layers\.(\d+)/(self_attn|mlp)[^/]*/(\w+?)(?:_\d+)?/MatMul$")
@@ -95,18 +97,14 @@ def main(argv=None) -> None:
     paths = [list(p) for p in products["category"]]
     scratch = Path(tempfile.mkdtemp(prefix="clipita-int8-trials-"))
     try:
-        folder = Path(
-            shutil.copytree(
-                args.model, scratch / "model", ignore=shutil.ignore_patterns("checkpoints", "onnx")
-            )
-        )
+        folder = copy_model(args.model, scratch)
         export_onnx(folder, int8=None)
         model, processor = load_model(folder, device="cpu")
         nodes = sorted({n for p in paths for n in category_nodes(p)})
         texts = [processor.category_text(list(n)) for n in nodes]
         embeds, encode_queries = clipita_embeddings(model, processor, products, 64)
         queries = encode_queries(texts)
-        reference = np.argsort(-(queries @ embeds.T), axis=1, kind="stable")[:, :10]
+        reference = top10(queries @ embeds.T)
         feeds = {
             "product_encoder": [
                 dict(
@@ -149,10 +147,8 @@ def main(argv=None) -> None:
                 target = scratch / f"{name}_trial.onnx"
                 quantise(name, prepared[name], target)
                 out[name] = encode(target, name)
-            top = np.argsort(-(out["category_encoder"] @ out["product_encoder"].T), axis=1, kind="stable")[
-                :, :10
-            ]
-            recall = np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(top, reference)])
+            top = top10(out["category_encoder"] @ out["product_encoder"].T)
+            recall = np.mean(overlaps(top, reference))
             print(
                 f"{label:58}{recall:10.4f}{np.abs(out['product_encoder'] - embeds).max():12.2e}"
                 f"{np.abs(out['category_encoder'] - queries).max():12.2e}",
