@@ -43,6 +43,10 @@ class CLIPITAConfig(PretrainedConfig):
         initializer_range (`float`): std of the attention pooler's query at initialisation.
         deduplicate_texts (`bool`): run the text tower once per distinct token sequence of a call (titles,
             attribute strings, category names) and share the output; same results, less work.
+        pooled_last_layer (`bool`): run each tower's last layer for its pooled token only (the image's
+            class token, the text's end token), the only one CLIP-ITA's embeddings read: same embeddings,
+            less work. The towers' per-token `last_hidden_state` is then not returned unless per-token
+            outputs are asked for (`output_hidden_states` / `output_attentions`, which run whole towers).
         matryoshka_dims (`list[int]`): nested embedding sizes below `projection_dim` trained alongside it
             (Matryoshka: the loss is averaged over the full size and each of these, on the first `d`
             dimensions renormalised), so embeddings can be cut to any of them (`encode_*(dim=d)`). Empty: off.
@@ -68,6 +72,7 @@ class CLIPITAConfig(PretrainedConfig):
         loss_lambda: float = 0.5,
         initializer_range: float = 0.02,
         deduplicate_texts: bool = True,
+        pooled_last_layer: bool = True,
         matryoshka_dims: list[int] | tuple[int, ...] | None = None,
         **kwargs,
     ):
@@ -111,6 +116,7 @@ class CLIPITAConfig(PretrainedConfig):
         self.loss_lambda = loss_lambda
         self.initializer_range = initializer_range
         self.deduplicate_texts = deduplicate_texts
+        self.pooled_last_layer = pooled_last_layer
         super().__init__(**kwargs)
 
     @property

@@ -193,6 +193,54 @@ def _restore_position_ids(model: nn.Module, incompatible_keys) -> None:
                     ids.copy_(torch.arange(ids.shape[-1], device=ids.device).expand_as(ids))
 
 
+def _pooled_text_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """The token CLIP's text tower pools, as transformers' `CLIPTextTransformer` picks it: the highest id
+    for configs from before its eos fix (`eos_token_id == 2`), else the first end token."""
+    ids = input_ids.to(torch.int)
+    if eos_token_id == 2:
+        return ids.argmax(dim=-1)
+    return (ids == eos_token_id).int().argmax(dim=-1)
+
+
+def _text_attention_mask(attention_mask: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The text tower's additive `(batch_size or 1, 1, tokens, tokens)` mask: causal, padding keys hidden;
+    large negative rather than -inf, as transformers' masks, so a row with no visible key stays finite."""
+    length = hidden_states.shape[1]
+    keep = torch.ones(length, length, dtype=torch.bool, device=hidden_states.device).tril()[None, None]
+    if attention_mask is not None:
+        keep = keep & attention_mask.bool()[:, None, None, :]
+    mask = torch.zeros(keep.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+    return mask.masked_fill(~keep, torch.finfo(hidden_states.dtype).min)
+
+
+def _pooled_token_layer(
+    layer: nn.Module, hidden_states: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """A CLIP encoder layer's output at one token per row, `(batch_size, hidden_size)`.
+
+    Keys and values still come from every token (those `attention_mask`, additive `(batch_size or 1, 1,
+    tokens, tokens)`, lets `positions[b]` see); the query, attention output, residual and MLP run for that
+    one token. Same maths as the layer on every token (transformers' `CLIPEncoderLayer`), read at
+    `positions`.
+    """
+    attention = layer.self_attn
+    batch, length, width = hidden_states.shape
+    rows = torch.arange(batch, device=hidden_states.device)
+    normed = layer.layer_norm1(hidden_states)
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    query = heads(attention.q_proj(normed[rows, positions][:, None]))
+    keys, values = heads(attention.k_proj(normed)), heads(attention.v_proj(normed))
+    mask = None
+    if attention_mask is not None:  # the pooled token's row of the mask: (batch_size, 1, 1, tokens)
+        mask = attention_mask.expand(batch, 1, length, length)[rows, :, positions][:, None]
+    attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attention.scale)
+    hidden = hidden_states[rows, positions] + attention.out_proj(attended.transpose(1, 2).reshape(batch, width))
+    return hidden + layer.mlp(layer.layer_norm2(hidden))
+
+
 class CLIPITAPreTrainedModel(PreTrainedModel):
     config_class = CLIPITAConfig
     base_model_prefix = "clipita"
@@ -303,6 +351,59 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
 
+    # ----- the towers as CLIP-ITA reads them: pooled outputs only -----
+
+    def _image_tower(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """`get_image_features` as CLIP-ITA reads it (`pooler_output`), the last layer run for the class
+        token only (`config.pooled_last_layer`); `last_hidden_state` is then None. Per-token outputs and
+        other options go through the whole tower."""
+        vision_config = self.config.clip_config.vision_config
+        if not self._pools_last_layer(vision_config, kwargs):
+            return self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        vision = self.clip.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        *layers, last = vision.encoder.layers
+        for layer in layers:
+            hidden = layer(hidden, None)
+        class_token = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+        pooled = vision.post_layernorm(_pooled_token_layer(last, hidden, class_token, None))
+        return BaseModelOutputWithPooling(pooler_output=self.clip.visual_projection(pooled))
+
+    def _text_tower(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """`get_text_features` as CLIP-ITA reads it (`pooler_output`), the last layer run for the pooled
+        (end) token only (`config.pooled_last_layer`), as `_image_tower`: the earlier layers get the causal
+        and padding mask built here, the same one transformers' `CLIPTextTransformer` builds."""
+        text_config = self.config.clip_config.text_config
+        if not self._pools_last_layer(text_config, kwargs):
+            return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+        text = self.clip.text_model
+        hidden = text.embeddings(input_ids=input_ids)
+        mask = _text_attention_mask(attention_mask, hidden)  # additive: eager and sdpa attention read it
+        *layers, last = text.encoder.layers
+        for layer in layers:
+            hidden = layer(hidden, mask)
+        positions = _pooled_text_positions(input_ids, text.eos_token_id)
+        pooled = text.final_layer_norm(_pooled_token_layer(last, hidden, positions, mask))
+        return BaseModelOutputWithPooling(pooler_output=self.clip.text_projection(pooled))
+
+    def _pools_last_layer(self, tower_config, kwargs: dict) -> bool:
+        """The last-layer cut applies: configured on, no per-token output or other option asked for, no
+        dropout drawn (the cut layer draws none), and an attention whose masks the earlier layers get from
+        here (eager, sdpa)."""
+        return (
+            self.config.pooled_last_layer
+            and not any(value is not None and value is not False for value in kwargs.values())
+            and not (self.training and tower_config.attention_dropout > 0)
+            and getattr(tower_config, "_attn_implementation", None) in (None, "eager", "sdpa")
+        )
+
     def _unique_text_features(
         self,
         input_ids: torch.Tensor,
@@ -323,7 +424,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if not self._deduplicates_texts():
-            return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+            return self._text_tower(input_ids, attention_mask, **kwargs)
         length = input_ids.shape[1]
         rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
         unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
@@ -333,8 +434,8 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         per_token = kwargs.get("output_attentions") or kwargs.get("output_hidden_states")
         if not right_padded or per_token or not bool((lengths > 0).all()):
             if unique.shape[0] == rows.shape[0]:
-                return self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
-            text = self.get_text_features(ids, mask, return_dict=True, **kwargs)
+                return self._text_tower(input_ids, attention_mask, **kwargs)
+            text = self._text_tower(ids, mask, **kwargs)
             return BaseModelOutputWithPooling(
                 **{
                     key: tuple(t[inverse] for t in value) if isinstance(value, tuple) else value[inverse]
@@ -343,15 +444,12 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             )
         order, pooled, hidden = [], [], []
         for rows_of_bucket, bucket_length in _length_buckets(lengths, self._text_call_cost()):
-            text = self.get_text_features(
-                ids[rows_of_bucket, :bucket_length],
-                mask[rows_of_bucket, :bucket_length],
-                return_dict=True,
-                **kwargs,
+            text = self._text_tower(
+                ids[rows_of_bucket, :bucket_length], mask[rows_of_bucket, :bucket_length], **kwargs
             )
             order.append(rows_of_bucket)
             pooled.append(text.pooler_output)
-            # None from a tower that keeps no per-token states (a feature cache)
+            # None from a tower that kept no per-token states (pooled last layer, a feature cache)
             state = text.last_hidden_state
             hidden.append(None if state is None else F.pad(state, (0, 0, 0, length - bucket_length)))
         # row r of the input is unique row inverse[r], at position `where[inverse[r]]` of the buckets' outputs
@@ -519,7 +617,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
             )
         embeds, towers, texts = {}, {}, {}
         if "image" in modalities:
-            towers["image"] = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+            towers["image"] = self._image_tower(pixel_values, **kwargs)
             embeds["image"] = towers["image"].pooler_output
         if "title" in modalities:
             texts["title"] = (title_input_ids, title_attention_mask)

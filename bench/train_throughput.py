@@ -4,10 +4,12 @@ Same towers, same batches, drawn from a real catalogue through the training pipe
 (`clipita.training.collate`: pairs at a category level, the processor), so that nodes and attribute
 strings repeat as they do in training. CLIP-ITA: forward with `return_loss=True` (image, title, each
 attribute and the category name through the towers, heads, bidirectional InfoNCE), backward, AdamW
-step, once with its default unique-text encoding (each distinct text of a step through the text tower
-once, in length buckets) and once encoding every text (`deduplicate_texts=False`, the path before it).
+step, three ways: the default (each distinct text of a step through the text tower once, in length
+buckets, and each tower's last layer run for its pooled token only), whole towers (`pooled_last_layer=False`:
+unique texts, every token through the last layer) and every text through whole towers
+(`deduplicate_texts=False` too, the path before issue 15).
 Plain: `CLIPModel(pixel_values, title ids, return_loss=True)` (image and title only), backward, AdamW
-step. One process per category level (all / general / specific) runs the three sides from the same
+step. One process per category level (all / general / specific) runs the four sides from the same
 initial weights on the same batches, their steps interleaved, so that a loaded machine slows them alike.
 Per level it prints the fraction of text-tower sequences that deduplication removes, and the time the
 data pipeline takes to make a batch (decode, resize, tokenise: what the trainer waits for with
@@ -39,7 +41,12 @@ else:  # run as a script, python bench/train_throughput.py: its folder is on sys
     import _machine
     import common
 
-SIDES = {"clipita": "CLIP-ITA", "every": "CLIP-ITA, every text", "plain": "plain CLIP"}
+SIDES = {
+    "clipita": "CLIP-ITA",
+    "whole": "CLIP-ITA, whole towers",
+    "every": "CLIP-ITA, every text",
+    "plain": "plain CLIP",
+}
 LEVELS = ("all", "general", "specific")
 RESULT_PREFIX = "RESULT "
 
@@ -135,11 +142,13 @@ def run_worker(args: argparse.Namespace) -> dict:
     batches, data_seconds = training_batches(args, processor, model.config.product_modalities)
     sequences = [text_sequences(batch) for batch in batches[args.warmup :]]
     batches = [{k: v.to(device) for k, v in batch.items() if k != "category_ids"} for batch in batches]
-    every = copy.deepcopy(model)
+    whole = copy.deepcopy(model)
+    whole.config.pooled_last_layer = False
+    every = copy.deepcopy(whole)
     every.config.deduplicate_texts = False
     plain = copy.deepcopy(model).clip
     plain.logit_scale.requires_grad_(True)  # CLIP-ITA freezes CLIP's own scale; plain CLIP learns it
-    nets = {"clipita": model, "every": every, "plain": plain}
+    nets = {"clipita": model, "whole": whole, "every": every, "plain": plain}
 
     def loss_of(side, net, batch):
         if side != "plain":
@@ -284,13 +293,13 @@ def main(argv: list[str] | None = None) -> float:
     print(_machine.describe_machine(device))
     print_deduplication(results, args.levels)
     print(
-        f"{'checkpointing':15}{'level':10}{'model':22}{'params':>9}{'samples/s':>11}{'s/step':>9}"
+        f"{'checkpointing':15}{'level':10}{'model':24}{'params':>9}{'samples/s':>11}{'s/step':>9}"
         f"{'  layer forwards: forward / step (checkpointed layers)'}"
     )
     for (level, checkpointing), result in results.items():
         for side, r in result["sides"].items():
             print(
-                f"{checkpointing:15}{level:10}{SIDES[side]:22}{r['parameters'] / 1e6:8.1f}M"
+                f"{checkpointing:15}{level:10}{SIDES[side]:24}{r['parameters'] / 1e6:8.1f}M"
                 f"{r['samples_per_second']:11.2f}{r['seconds_per_step']:9.3f}"
                 f"  {r['layer_forwards']} / {r['layer_forwards_with_backward']}"
                 f" ({r['checkpointed_layers']}/{r['layers']})"
@@ -304,7 +313,8 @@ def main(argv: list[str] | None = None) -> float:
             ratios.append(ratio)
             print(
                 f"CLIP-ITA / plain, level {level}, checkpointing {checkpointing}: samples/s {ratio:.2f} "
-                f"(every text: {sides['every']['samples_per_second'] / plain:.2f})"
+                f"(whole towers: {sides['whole']['samples_per_second'] / plain:.2f}, "
+                f"every text: {sides['every']['samples_per_second'] / plain:.2f})"
             )
     for level in args.levels:
         result = results[(level, settings[0])]

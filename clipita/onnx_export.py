@@ -225,8 +225,10 @@ def export_onnx(model_dir: str | os.PathLike, int8: str | None = DEFAULT_INT8_ME
         raise FileNotFoundError(f"{model_dir} is not a model folder (the export is written into it)")
     model, processor = load_model(model_dir, device="cpu")
     # unique-text encoding picks rows by the data (torch.unique), which a trace would freeze to the example's
-    # duplicates; the graph encodes every row, the same embeddings
+    # duplicates; the graph encodes every row, the same embeddings. Whole towers too: the pooled-only last
+    # layer runs outside the towers' module scopes, which name the nodes that int8 "mixed" keeps float
     model.config.deduplicate_texts = False
+    model.config.pooled_last_layer = False
     modalities = list(model.config.product_modalities)
     out = model_dir / ONNX_DIR
     out.mkdir(exist_ok=True)

@@ -162,11 +162,11 @@ def test_feature_cache_accumulation_equals_one_big_batch_with_broad_dropout():
 
 
 class TextRows:
-    """Counts the sequences CLIP's text tower encodes."""
+    """Counts the sequences CLIP's text tower encodes (at its embeddings: whole or pooled-last-layer tower)."""
 
     def __init__(self, model):
         self.rows = 0
-        model.clip.text_model.register_forward_pre_hook(self._count, with_kwargs=True)
+        model.clip.text_model.embeddings.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, _module, args, kwargs):
         self.rows += (args[0] if args else kwargs["input_ids"]).shape[0]
@@ -214,7 +214,7 @@ def test_unique_text_encoding_gives_the_same_loss_and_gradients(loss_type, bucke
 def test_unique_text_encoding_keeps_every_rows_outputs(per_token):
     """Length buckets (and, when hidden states are asked for, one call on the distinct rows) give every
     row the output it gets alone, at each of its real tokens."""
-    model, processor = tiny_model()
+    model, processor = tiny_model(pooled_last_layer=False)  # per-token states at every layer
     one_bucket_per_length(model)
     batch = fixed_batch(model, processor)
     inputs = {k: v for k, v in batch.items() if k != "category_ids"}
@@ -247,7 +247,7 @@ def test_length_buckets_cut_padding():
     titles = [f"short {i}" for i in range(30)] + [" ".join(["long"] * 20 + [str(i)]) for i in range(4)]
     batch = processor(titles=titles, return_tensors="pt")
     tokens = []
-    model.clip.text_model.register_forward_pre_hook(
+    model.clip.text_model.embeddings.register_forward_pre_hook(
         lambda _m, args, kwargs: tokens.append((args[0] if args else kwargs["input_ids"]).numel()),
         with_kwargs=True,
     )
@@ -279,3 +279,67 @@ def test_text_dropout_turns_deduplication_off_in_training():
     model.eval()
     model(**{k: v for k, v in batch.items() if k != "category_ids"})
     assert counter.rows < trained_rows
+
+
+def two_layer_model(**overrides):
+    """Two layers per tower, so that the pooled last layer has an earlier layer feeding it."""
+    from clipita.bootstrap import build_default_model
+    from tests.conftest import TINY_TEXTS
+
+    return build_default_model(TINY_TEXTS, hidden_size=32, layers=2, image_size=32, **overrides)
+
+
+def whole_towers(model):
+    model = copy.deepcopy(model)
+    model.config.pooled_last_layer = False
+    return model
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_pooled_last_layer_gives_the_same_step_as_whole_towers(attention):
+    """The towers' last layer run at the pooled token only: same loss, embeddings and gradients (one batch and
+    feature-cache accumulation), and the last layer's MLP sees one token per row."""
+    model, processor = two_layer_model(attn_implementation=attention)
+    assert model.config.pooled_last_layer
+    batch = fixed_batch(model, processor)
+    reference = whole_towers(model)
+    tokens = {}
+    for name, m in (("pooled", model), ("whole", reference)):
+        last = m.clip.vision_model.encoder.layers[-1]
+        last.mlp.register_forward_pre_hook(lambda _m, args, n=name: tokens.update({n: args[0].shape[:-1]}))
+    inputs = {k: v for k, v in batch.items() if k != "category_ids"}
+    ours, theirs = model(**inputs), reference(**inputs)
+    torch.testing.assert_close(ours.product_embeds, theirs.product_embeds, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.category_embeds, theirs.category_embeds, atol=1e-6, rtol=1e-5)
+    assert ours.vision_model_output.last_hidden_state is None
+    assert theirs.vision_model_output.last_hidden_state is not None
+    images = batch["pixel_values"].shape[0]
+    assert tokens["pooled"] == (images,) and tokens["whole"][0] == images and tokens["whole"][1] > 1
+    for micro_batches in (1, 4):
+        loss, grads = step_gradients(model, split(batch, micro_batches))
+        expected_loss, expected = step_gradients(reference, split(batch, micro_batches))
+        assert loss == pytest.approx(expected_loss, abs=1e-6)
+        assert_same_gradients(expected, grads)
+
+
+def test_pooled_text_tower_matches_clip_on_left_padding_and_the_legacy_end_token():
+    """The pooled text tower reads the token transformers' CLIP pools, whatever the padding side, with the
+    pre-fix `eos_token_id == 2` rule (the highest id) too; per-token outputs run the whole tower."""
+    model, processor = two_layer_model()
+    model.eval()
+    texts = processor(titles=["red mug", "a long blue ceramic tea mug", "x"], return_tensors="pt")
+    ids, mask = texts["title_input_ids"], texts["title_attention_mask"]
+    lengths = mask.sum(-1)
+    left_ids, left_mask = torch.zeros_like(ids), torch.zeros_like(mask)
+    for row, length in enumerate(lengths.tolist()):  # the same rows, padded on the left
+        left_ids[row, ids.shape[1] - length :], left_mask[row, ids.shape[1] - length :] = ids[row, :length], 1
+    with torch.no_grad():
+        for input_ids, attention_mask in ((ids, mask), (left_ids, left_mask)):
+            expected = model.get_text_features(input_ids, attention_mask).pooler_output
+            got = model._text_tower(input_ids, attention_mask).pooler_output
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+        model.clip.text_model.eos_token_id = 2  # configs from before transformers' eos fix
+        expected = model.get_text_features(ids, mask).pooler_output
+        torch.testing.assert_close(model._text_tower(ids, mask).pooler_output, expected, atol=1e-6, rtol=1e-5)
+        whole = model._text_tower(ids, mask, output_hidden_states=True)
+    assert whole.last_hidden_state.shape[:2] == ids.shape

@@ -2,7 +2,7 @@
 
 A frozen CLIP tower is a pure function of its input, so every epoch after the first would recompute the
 same image and text embeddings. `TowerFeatureCache` memoises the frozen towers' projected outputs
-(`pooler_output` of `get_image_features` / `get_text_features`): the key is a hash of the tower's input
+(`pooler_output` of the model's `_image_tower` / `_text_tower`): the key is a hash of the tower's input
 (a processed image's pixel values; a text's real token ids), and the folder is named by a fingerprint of
 the frozen towers' weights. A resumed or repeated run on the same data and weights reads the features
 back; changed data misses and is computed, changed weights get another folder. Heads, the attribute
@@ -79,8 +79,8 @@ def _row_key(row: torch.Tensor) -> str:
 
 
 class TowerFeatureCache:
-    """Memoised frozen towers of one model: `install()` routes `model.clip.get_{image,text}_features`
-    through the cache; `save()` writes the features computed since the last save as a safetensors shard."""
+    """Memoised frozen towers of one model: `install()` routes the model's `_image_tower` / `_text_tower`
+    (what CLIP-ITA reads of CLIP's towers) through the cache; `save()` writes the features computed since the last save as a safetensors shard."""
 
     def __init__(self, model, run_dir: str | Path, kinds: list[str], process_index: int = 0):
         self.model = model
@@ -127,15 +127,14 @@ class TowerFeatureCache:
             self.unsaved[kind] = []
 
     def install(self) -> None:
-        clip = self.model.clip
         for kind in self.kinds:
-            name = f"get_{kind}_features"
-            self.originals[kind] = getattr(clip, name)
-            setattr(clip, name, self._cached(kind))
+            name = f"_{kind}_tower"
+            self.originals[kind] = getattr(self.model, name)
+            setattr(self.model, name, self._cached(kind))
 
     def uninstall(self) -> None:
-        for kind, original in self.originals.items():
-            setattr(self.model.clip, f"get_{kind}_features", original)
+        for kind in self.originals:
+            delattr(self.model, f"_{kind}_tower")  # the instance attribute; the class's method is back
         self.originals = {}
 
     def _cached(self, kind: str):
@@ -168,7 +167,7 @@ class TowerFeatureCache:
             rows = [index for key, index in first.items() if key not in store]
             if rows:
                 with torch.no_grad():
-                    computed = original(*(t[rows] for t in inputs), return_dict=True).pooler_output
+                    computed = original(*(t[rows] for t in inputs)).pooler_output
                 for index, row in zip(rows, computed.float().cpu()):
                     store[keys[index]] = row.clone()
                     self.unsaved[kind].append(keys[index])
