@@ -55,9 +55,10 @@ def flops_per_pass(
     names = {k: v.to(device) for k, v in processor(categories=categories).items()}
     with torch.no_grad():
         counts = {
-            "image": count_flops(lambda: model.get_image_features(batch["pixel_values"])),
+            # the towers as the product pass runs them (the last layer at the pooled token only)
+            "image": count_flops(lambda: model._image_tower(batch["pixel_values"])),
             "title": count_flops(
-                lambda: model.get_text_features(batch["title_input_ids"], batch["title_attention_mask"])
+                lambda: model._text_tower(batch["title_input_ids"], batch["title_attention_mask"])
             ),
             "attributes": count_flops(
                 lambda: model.encode_attributes(

@@ -139,12 +139,13 @@ def test_flop_counts_split_by_pass():
     parts = per_pass["image"] + per_pass["title"] + per_pass["attributes"] + per_pass["heads"]
     assert per_pass["product"] == pytest.approx(parts)
     assert min(per_pass.values()) > 0
-    # default: 64 px, patch 8 -> 64 patches + CLS; 3 layers of width 128 (MLP 512)
+    # default: 64 px, patch 8 -> 64 patches + CLS; 3 layers of width 128 (MLP 512), the last one for CLS only
     tokens, width, layers = 65, 128, 3
-    linear = 2 * tokens * (4 * width * width + 2 * width * 4 * width) * layers
-    attention = 2 * 2 * tokens * tokens * width * layers
+    linear = 2 * tokens * (4 * width * width + 2 * width * 4 * width) * (layers - 1)
+    attention = 2 * 2 * tokens * tokens * width * (layers - 1)
+    last = 2 * tokens * 2 * width * width + 2 * (2 * width * width + 2 * width * 4 * width) + 2 * 2 * tokens * width
     patch = 2 * 64 * (3 * 8 * 8) * width
-    assert per_pass["image"] == pytest.approx(linear + attention + patch + 2 * width * width, rel=1e-6)
+    assert per_pass["image"] == pytest.approx(linear + attention + last + patch + 2 * width * width, rel=1e-6)
 
 
 @pytest.mark.slow  # a benchmark run
