@@ -214,7 +214,10 @@ def _text_attention_mask(attention_mask: torch.Tensor | None, hidden_states: tor
 
 
 def _pooled_token_layer(
-    layer: nn.Module, hidden_states: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    positions: torch.Tensor,
+    attention_mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """A CLIP encoder layer's output at one token per row, `(batch_size, hidden_size)`.
 
@@ -237,7 +240,9 @@ def _pooled_token_layer(
     if attention_mask is not None:  # the pooled token's row of the mask: (batch_size, 1, 1, tokens)
         mask = attention_mask.expand(batch, 1, length, length)[rows, :, positions][:, None]
     attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attention.scale)
-    hidden = hidden_states[rows, positions] + attention.out_proj(attended.transpose(1, 2).reshape(batch, width))
+    hidden = hidden_states[rows, positions] + attention.out_proj(
+        attended.transpose(1, 2).reshape(batch, width)
+    )
     return hidden + layer.mlp(layer.layer_norm2(hidden))
 
 

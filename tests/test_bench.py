@@ -79,7 +79,8 @@ def test_train_throughput_quick_checkpointing_reaches_the_clip_towers(small_cata
     assert set(rows) == {"CLIP-ITA", "CLIP-ITA, whole towers", "CLIP-ITA, every text", "plain CLIP"}
     for model, (forward, step, checkpointed, layers) in rows.items():
         assert checkpointed == layers, model
-        if model == "CLIP-ITA":  # the pooled-token last layer (1 of layers / 2 per tower call) is not recomputed
+        # the pooled-token last layer (1 of layers / 2 per tower call) is not recomputed
+        if model == "CLIP-ITA":
             assert step * layers == forward * (2 * layers - 2), model
         else:  # every tower layer is checkpointed, so backward runs each layer's forward once more
             assert step == 2 * forward, model
@@ -143,7 +144,11 @@ def test_flop_counts_split_by_pass():
     tokens, width, layers = 65, 128, 3
     linear = 2 * tokens * (4 * width * width + 2 * width * 4 * width) * (layers - 1)
     attention = 2 * 2 * tokens * tokens * width * (layers - 1)
-    last = 2 * tokens * 2 * width * width + 2 * (2 * width * width + 2 * width * 4 * width) + 2 * 2 * tokens * width
+    last = (
+        2 * tokens * 2 * width * width
+        + 2 * (2 * width * width + 2 * width * 4 * width)
+        + 2 * 2 * tokens * width
+    )
     patch = 2 * 64 * (3 * 8 * 8) * width
     assert per_pass["image"] == pytest.approx(linear + attention + last + patch + 2 * width * width, rel=1e-6)
 
