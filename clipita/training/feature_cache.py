@@ -80,7 +80,8 @@ def _row_key(row: torch.Tensor) -> str:
 
 class TowerFeatureCache:
     """Memoised frozen towers of one model: `install()` routes the model's `_image_tower` / `_text_tower`
-    (what CLIP-ITA reads of CLIP's towers) through the cache; `save()` writes the features computed since the last save as a safetensors shard."""
+    (what CLIP-ITA reads of CLIP's towers) through the cache; `save()` writes the features computed since
+    the last save as a safetensors shard."""
 
     def __init__(self, model, run_dir: str | Path, kinds: list[str], process_index: int = 0):
         self.model = model
