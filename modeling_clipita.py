@@ -54,7 +54,8 @@ class CLIPITAOutput(ModelOutput):
         The pooled attribute tower output, an input of the product head (when the model uses attributes).
     vision_model_output (`BaseModelOutputWithPooling`, *optional*):
         CLIP's vision tower on the images (`pooler_output` projected), with the hidden states and
-        attentions asked for.
+        attentions asked for. In every `*_model_output`, `last_hidden_state` is None unless per-token
+        outputs are asked for (`config.pooled_last_layer` runs the last layer at the pooled token only).
     title_model_output (`BaseModelOutputWithPooling`, *optional*):
         CLIP's text tower on the titles (`pooler_output` projected).
     attribute_model_output (`BaseModelOutputWithPooling`, *optional*):
@@ -405,7 +406,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         return (
             self.config.pooled_last_layer
             and not any(value is not None and value is not False for value in kwargs.values())
-            and not (self.training and tower_config.attention_dropout > 0)
+            and not self._draws_dropout(tower_config)
             and getattr(tower_config, "_attn_implementation", None) in (None, "eager", "sdpa")
         )
 
@@ -469,8 +470,11 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
 
     def _deduplicates_texts(self) -> bool:
         """Configured on, and no dropout drawn in the text tower (a duplicate would share its copy's mask)."""
-        dropout = self.config.clip_config.text_config.attention_dropout
-        return self.config.deduplicate_texts and not (self.training and dropout > 0)
+        return self.config.deduplicate_texts and not self._draws_dropout(self.config.clip_config.text_config)
+
+    def _draws_dropout(self, tower_config) -> bool:
+        """The tower draws random attention masks in this call (training, attention_dropout > 0)."""
+        return self.training and tower_config.attention_dropout > 0
 
     def _text_call_cost(self) -> int:
         """What one more text-tower call costs, in padded tokens: on a CPU a call's fixed work is worth a few
