@@ -31,7 +31,8 @@ import torch
 from clipita.data import load_catalogue
 from clipita.evaluation import clipita_embeddings
 from clipita.loading import load_model
-from clipita.onnx_export import export_onnx, random_products
+from clipita.onnx_encoder import distinct_attributes
+from clipita.onnx_export import export_onnx, node_parameters, random_products
 from clipita.tree import category_nodes
 
 if __package__:
@@ -43,25 +44,25 @@ else:
     from onnx_int8_recall import copy_model, overlaps, top10
 
 ENCODERS = ("category_encoder", "product_encoder")
-LAYER = re.compile(r"/(text|vision)_model/encoder/layers\.(\d+)/(self_attn|mlp)[^/]*/(\w+?)(?:_\d+)?/MatMul$")
+LAYER = re.compile(r"(text|vision)_model\.encoder\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.")
 ROLE = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "out_proj": "attn-out", "fc1": "fc1", "fc2": "fc2"}
 
 
-def group_of(node) -> str | None:
-    """The trial group of a node quantize_dynamic could quantise (None: an attention-score MatMul, a shape Gather)."""
-    if node.op_type == "Gemm":
-        return "heads+attr-proj"
+def group_of(node, parameters: dict[str, str]) -> str | None:
+    """The trial group of a node quantize_dynamic could quantise, told by the parameter it applies
+    (`node_parameters`); None: an attention-score MatMul, a shape Gather."""
     if node.op_type == "Conv":
         return "patch-conv"
     if node.op_type == "Gather":
         return "embeddings"
-    if node.op_type != "MatMul":
+    parameter = parameters.get(node.name)
+    if parameter is None:
         return None
-    if "/text_projection" in node.name:
-        return "text-proj"
-    if "/visual_projection" in node.name:
-        return "visual-proj"
-    match = LAYER.search(node.name)
+    if "_head." in parameter or "attribute_" in parameter:
+        return "heads+attr-proj"
+    if parameter in ("text_projection", "visual_projection"):
+        return parameter.replace("_projection", "-proj")
+    match = LAYER.search(parameter)
     if match and match.group(4) in ROLE:
         return f"{match.group(1)}.L{match.group(2)}.{ROLE[match.group(4)]}"
     return None
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
         reference = top10(queries @ embeds.T)
         feeds = {
             "product_encoder": [
-                dict(
+                distinct_attributes(
                     processor(
                         images=b["image"], titles=b["title"], attributes=b["attributes"], return_tensors="np"
                     )
@@ -125,10 +126,12 @@ def main(argv=None) -> None:
             quant_pre_process(
                 str(folder / "onnx" / f"{name}.onnx"), str(prepared[name]), skip_symbolic_shape=True
             )
-            for node in onnx.load(str(prepared[name])).graph.node:
-                if node.op_type == "MatMul" and re.search(r"/self_attn(_\d+)?/MatMul(_1)?$", node.name):
+            graph = onnx.load(str(prepared[name]))
+            parameters = node_parameters(graph)
+            for node in graph.graph.node:
+                if node.op_type == "MatMul" and node.name not in parameters:
                     scores.add(node.name)
-                group = group_of(node)
+                group = group_of(node, parameters)
                 if group:  # a Gemm is quantised as `<name>_MatMul`
                     groups.setdefault(group, set()).update({node.name, f"{node.name}_MatMul"})
         options = ort.SessionOptions()
@@ -203,7 +206,7 @@ def main(argv=None) -> None:
         # one batch each: the histogram calibrators need every batch's tensors of one shape
         calibration = {
             "random_products": {
-                "product_encoder": dict(
+                "product_encoder": distinct_attributes(
                     processor(images=images, titles=titles, attributes=attributes, return_tensors="np")
                 ),
                 "category_encoder": dict(
@@ -213,7 +216,7 @@ def main(argv=None) -> None:
                 ),
             },
             f"{args.calibration_split} split": {
-                "product_encoder": dict(
+                "product_encoder": distinct_attributes(
                     processor(
                         images=calibration_products["image"],
                         titles=calibration_products["title"],

@@ -27,7 +27,9 @@ CATEGORY_INPUTS = ("category_input_ids", "category_attention_mask")
 PRODUCT_INPUTS = {
     "image": ("pixel_values",),
     "title": ("title_input_ids", "title_attention_mask"),
-    "attributes": ("attribute_input_ids", "attribute_attention_mask", "attribute_mask"),
+    # attribute_input_ids / _attention_mask [U, L]: a batch's distinct attribute strings once each (as
+    # `encode_products` encodes them); attribute_index [B, A]: each slot's row there; attribute_mask [B, A]
+    "attributes": ("attribute_input_ids", "attribute_attention_mask", "attribute_index", "attribute_mask"),
 }
 ARGUMENTS = {"image": "images", "title": "titles", "attributes": "attributes"}
 
@@ -37,6 +39,31 @@ def product_inputs_of(modalities: Sequence[str]) -> list[str]:
     return [
         name for modality in PRODUCT_INPUTS if modality in modalities for name in PRODUCT_INPUTS[modality]
     ]
+
+
+def distinct_attributes(batch: dict) -> dict:
+    """The processor's product arrays with the attribute slots (`[B, A, L]`) as the product graph takes them:
+    each distinct attribute string once (`[U, L]`, U >= 1) and every slot's row in `attribute_index`
+    (`[B, A]`; padding slots point at row 0 and are masked out). A batch without attributes is returned as is."""
+    if "attribute_mask" not in batch:
+        return dict(batch)
+    ids, mask, real = batch["attribute_input_ids"], batch["attribute_attention_mask"], batch["attribute_mask"]
+    length = ids.shape[-1]
+    real = real.astype(bool)
+    rows = np.concatenate([ids[real], mask[real].astype(ids.dtype)], axis=1)
+    if rows.shape[0] == 0:  # no attribute in the batch: one placeholder row the graph can encode
+        rows = np.zeros((1, 2 * max(length, 1)), dtype=ids.dtype)
+        rows[0, max(length, 1)] = 1
+        length = max(length, 1)
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    index = np.zeros(real.shape, dtype=np.int64)
+    index[real] = inverse.reshape(-1)[: int(real.sum())]
+    return {
+        **batch,
+        "attribute_input_ids": unique[:, :length],
+        "attribute_attention_mask": unique[:, length:].astype(mask.dtype),
+        "attribute_index": index,
+    }
 
 
 class OnnxEncoder:
@@ -83,6 +110,12 @@ class OnnxEncoder:
             str(folder / ONNX_DIR / product_file), options, providers=providers
         )
         self.product_inputs = [i.name for i in self.product_session.get_inputs()]
+        expected = product_inputs_of(self.config.product_modalities)
+        if self.product_inputs != expected:
+            raise ValueError(
+                f"{folder / ONNX_DIR / product_file} takes {self.product_inputs}, this clipita feeds {expected}: "
+                f"it was exported by another version; run python -m clipita.onnx_export --model {folder} again"
+            )
 
     @classmethod
     def from_folder(
@@ -144,10 +177,15 @@ class OnnxEncoder:
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"images, titles and attributes must have one entry per product, got {lengths}")
+
+        def make(i: int, j: int) -> dict:
+            batch = processor(**{k: list(v[i:j]) for k, v in columns.items()}, return_tensors="np")
+            return distinct_attributes(batch)
+
         return self._batches(
             lengths.pop(),
             batch_size,
-            lambda i, j: processor(**{k: list(v[i:j]) for k, v in columns.items()}, return_tensors="np"),
+            make,
             self.product_session,
             self.product_inputs,
             dim,

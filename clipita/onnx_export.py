@@ -5,7 +5,8 @@ the numbers are the model's and preprocessing stays the processor's: an ONNX use
 `CLIPITAProcessor` and feeds its arrays (`clipita.onnx_encoder.OnnxEncoder` does). Exported:
 
 - `onnx/category_encoder.onnx`: category_input_ids, category_attention_mask -> embeddings [N, d]
-- `onnx/product_encoder.onnx`: the processor's product arrays for the model's modalities -> [B, d]
+- `onnx/product_encoder.onnx`: the processor's product arrays for the model's modalities, the attribute
+  slots as `distinct_attributes` gives them (each distinct string once, plus each slot's index) -> [B, d]
 - `onnx/*_int8.onnx`: the same with int8 weights (INT8_METHODS: `quantize_dynamic`; `mixed`, the default, the same with
   the nodes that cost recall kept in float32; or weight-only blocks)
 - `onnx/manifest.json`: inputs, opset, the weights' sha256 they were exported from, and the parity measured
@@ -38,6 +39,7 @@ from clipita.onnx_encoder import (
     ONNX_DIR,
     VARIANT_FILES,
     OnnxEncoder,
+    distinct_attributes,
     product_inputs_of,
 )
 
@@ -58,12 +60,12 @@ class CategoryEncoder(nn.Module):
 
 
 class ProductEncoder(nn.Module):
-    """`model.get_product_features` as a graph with shapes fixed only by its inputs.
+    """`model.get_product_features` as a graph with shapes fixed only by its inputs; the towers run as
+    `get_product_features` runs them (`_image_tower` / `_text_tower`: the last layer at the pooled token).
 
-    The model encodes only the real attributes (a boolean-mask gather whose size depends on the data,
-    which a trace would freeze); here every attribute slot goes through the text tower and the pooler
-    weighs the padding slots by zero, the same sum. A padding slot keeps its first position visible so
-    that its (discarded) row has no fully masked attention.
+    The model encodes each distinct attribute string of a batch once (`torch.unique`, whose output size
+    depends on the data, which a trace would freeze); here the caller does that (`distinct_attributes`) and
+    the graph takes the distinct strings and each slot's index into them: the same embeddings and work.
     """
 
     def __init__(self, model: nn.Module):
@@ -75,30 +77,20 @@ class ProductEncoder(nn.Module):
         given = dict(zip(product_inputs_of(self.modalities), inputs))
         embeds = {}
         if "image" in self.modalities:
-            embeds["image"] = self.model.get_image_features(
-                given["pixel_values"], return_dict=True
-            ).pooler_output
+            embeds["image"] = self.model._image_tower(given["pixel_values"]).pooler_output
         if "title" in self.modalities:
-            embeds["title"] = self.model.get_text_features(
-                given["title_input_ids"], given["title_attention_mask"], return_dict=True
+            embeds["title"] = self.model._text_tower(
+                given["title_input_ids"], given["title_attention_mask"]
             ).pooler_output
         if "attributes" in self.modalities:
-            embeds["attributes"] = self._attributes(
-                given["attribute_input_ids"], given["attribute_attention_mask"], given["attribute_mask"]
-            )
+            text = self.model._text_tower(
+                given["attribute_input_ids"], given["attribute_attention_mask"]
+            ).pooler_output
+            mask = given["attribute_mask"]
+            features = self.model.attribute_projection(text)[given["attribute_index"]]
+            features = features * mask.unsqueeze(-1).to(features.dtype)
+            embeds["attributes"] = self.model.attribute_pooler(features, mask.bool())
         return self.model._fuse(embeds)
-
-    def _attributes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor):
-        batch, slots, length = input_ids.shape
-        flat_ids = input_ids.reshape(batch * slots, length)
-        flat_mask = attention_mask.reshape(batch * slots, length)
-        first = torch.zeros_like(flat_mask)
-        first[:, 0] = 1
-        flat_mask = torch.maximum(flat_mask, first)
-        text = self.model.get_text_features(flat_ids, flat_mask, return_dict=True).pooler_output
-        features = self.model.attribute_projection(text).reshape(batch, slots, -1)
-        features = features * mask.unsqueeze(-1).to(features.dtype)
-        return self.model.attribute_pooler(features, mask.bool())
 
 
 def example_inputs(processor, modalities: list[str]) -> tuple[dict, dict]:
@@ -112,8 +104,9 @@ def example_inputs(processor, modalities: list[str]) -> tuple[dict, dict]:
         "attributes": [["colour: red", "material: ceramic"], ["audience: kids"]],
     }
     wanted = {"image": "images", "title": "titles", "attributes": "attributes"}
-    products = processor(**{wanted[m]: columns[wanted[m]] for m in modalities}, return_tensors="pt")
-    return dict(categories), dict(products)
+    products = processor(**{wanted[m]: columns[wanted[m]] for m in modalities}, return_tensors="np")
+    products = distinct_attributes(products)
+    return dict(categories), {name: torch.from_numpy(np.asarray(value)) for name, value in products.items()}
 
 
 DYNAMIC_AXES = {
@@ -122,8 +115,9 @@ DYNAMIC_AXES = {
     "pixel_values": {0: "products"},
     "title_input_ids": {0: "products", 1: "title_tokens"},
     "title_attention_mask": {0: "products", 1: "title_tokens"},
-    "attribute_input_ids": {0: "products", 1: "attributes", 2: "attribute_tokens"},
-    "attribute_attention_mask": {0: "products", 1: "attributes", 2: "attribute_tokens"},
+    "attribute_input_ids": {0: "attribute_texts", 1: "attribute_tokens"},
+    "attribute_attention_mask": {0: "attribute_texts", 1: "attribute_tokens"},
+    "attribute_index": {0: "products", 1: "attributes"},
     "attribute_mask": {0: "products", 1: "attributes"},
     "embeddings": {0: "items"},
 }
@@ -148,24 +142,54 @@ INT8_METHODS = {
     "(heads, attribute projection, embedding tables, text projection, the text tower's first layer)",
     "weight-only": "int8 weights in blocks of 32, float activations (MatMulNBits, bits=8)",
 }
-# `mixed` keeps these float32: the MatMuls whose names match (the text projection, every node of the text
-# tower's first encoder layer: attention and MLP), every Gemm (the heads' and attribute projection's layers)
-# and every Gather (embedding tables; no int8 kernel to gain). Measured on the demo model: quantising one
-# group at a time, these lost the most recall@10; the vision tower and later text layers hardly any.
+# `mixed` keeps these float32: every node of the text tower's first encoder layer (attention and MLP), the text
+# projection, the heads' and attribute projection's layers, and every Gather (embedding tables; no int8 kernel
+# to gain). Measured on the demo model: quantising one group at a time, these lost the most recall@10; the
+# vision tower and later text layers hardly any. Nodes are told by the parameters they read, not by their
+# names: a layer called outside its tower's forward (the pooled last layer) is named without the tower's path.
 # the default: the one whose recall@10 against PyTorch meets the issue's 0.98 (docs/BENCHMARKS.md)
 DEFAULT_INT8_METHOD = "mixed"
-MIXED_FLOAT_MATMULS = re.compile(r"/text_projection(_\d+)?/|/text_model/encoder/layers\.0/")
+MIXED_FLOAT_PARAMETERS = re.compile(
+    r"text_model\.encoder\.layers\.0\.|text_projection|attribute_(projection|pooler)|_head\."
+)
+
+
+def node_parameters(model) -> dict[str, str]:
+    """{node name: the parameter it applies} for each Gemm and weight MatMul of an exported graph. The
+    exporter names initializers by their parameters, except a MatMul's weight, which it transposes into a new
+    constant: a MatMul is named by the bias its Add reads, a bias-free one (the projections) by its node."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "Gemm":
+            found[node.name] = node.input[1]
+        elif node.op_type == "MatMul":
+            biases = [
+                name
+                for add in readers.get(node.output[0], [])
+                if add.op_type == "Add"
+                for name in add.input
+                if name in initializers
+            ]
+            projection = re.search(r"/(text|visual)_projection(_\d+)?/", node.name)
+            if biases:
+                found[node.name] = biases[0]
+            elif projection:
+                found[node.name] = f"{projection.group(1)}_projection"
+    return found
 
 
 def mixed_float_nodes(model) -> list[str]:
     """The node names `mixed` leaves in float32. quantize_dynamic first rewrites each Gemm as a MatMul named
     `<gemm>_MatMul` (and an Add), so a Gemm is excluded under both names."""
-    names = []
-    for node in model.graph.node:
-        if node.op_type == "Gemm":
-            names += [node.name, f"{node.name}_MatMul"]
-        elif node.op_type == "Gather" or (node.op_type == "MatMul" and MIXED_FLOAT_MATMULS.search(node.name)):
-            names.append(node.name)
+    names = [node.name for node in model.graph.node if node.op_type == "Gather"]
+    for name, parameter in node_parameters(model).items():
+        if MIXED_FLOAT_PARAMETERS.search(parameter):
+            names += [name, f"{name}_MatMul"]
     return names
 
 
@@ -225,10 +249,8 @@ def export_onnx(model_dir: str | os.PathLike, int8: str | None = DEFAULT_INT8_ME
         raise FileNotFoundError(f"{model_dir} is not a model folder (the export is written into it)")
     model, processor = load_model(model_dir, device="cpu")
     # unique-text encoding picks rows by the data (torch.unique), which a trace would freeze to the example's
-    # duplicates; the graph encodes every row, the same embeddings. Whole towers too: the pooled-only last
-    # layer runs outside the towers' module scopes, which name the nodes that int8 "mixed" keeps float
+    # duplicates; the graph encodes every row, the same embeddings
     model.config.deduplicate_texts = False
-    model.config.pooled_last_layer = False
     modalities = list(model.config.product_modalities)
     out = model_dir / ONNX_DIR
     out.mkdir(exist_ok=True)

@@ -14,8 +14,14 @@ pytest.importorskip("onnx")
 
 import search as search_cli  # noqa: E402
 from clipita.catalogue import generate_catalogue  # noqa: E402
-from clipita.onnx_encoder import OnnxEncoder, load_encoder  # noqa: E402
-from clipita.onnx_export import add_int8, export_onnx, parity, random_products  # noqa: E402
+from clipita.onnx_encoder import OnnxEncoder, distinct_attributes, load_encoder  # noqa: E402
+from clipita.onnx_export import (  # noqa: E402
+    add_int8,
+    export_onnx,
+    node_parameters,
+    parity,
+    random_products,
+)
 from tests.conftest import tiny_model  # noqa: E402
 from tests.test_card import save_tiny_release  # noqa: E402
 
@@ -33,6 +39,18 @@ def test_float_export_matches_pytorch_on_200_products_and_categories(exported):
     result = parity(folder, count=200, variant="fp32")
     assert result["products_max_abs_diff"] <= 1e-4, result
     assert result["categories_max_abs_diff"] <= 1e-4, result
+
+
+def test_graphs_run_the_last_layer_at_the_pooled_token_only(exported):
+    """As `encode_*` do (config.pooled_last_layer): each tower's last MLP sees one row per item, a matrix
+    product (Gemm), where a whole tower's sees every token (a batched MatMul)."""
+    import onnx
+
+    folder, _ = exported
+    for name in ("product_encoder.onnx", "category_encoder.onnx"):
+        parameters = node_parameters(onnx.load(str(folder / "onnx" / name)))
+        last_mlp = {node: p for node, p in parameters.items() if "encoder.layers.0.mlp.fc1" in p}
+        assert last_mlp and all(node.endswith("/Gemm") for node in last_mlp), (name, last_mlp)
 
 
 def test_int8_variant_is_smaller_and_close(exported):
@@ -58,6 +76,32 @@ def test_products_without_attributes_and_one_at_a_time(exported):
     np.testing.assert_allclose(onnx.encode_products(images, titles, empty), expected, atol=1e-5)
     np.testing.assert_allclose(onnx.encode_products(images, titles, empty, batch_size=1), expected, atol=1e-5)
     assert onnx.logit_scale == pytest.approx(float(model.logit_scale))
+
+
+def test_repeated_attributes_are_fed_once_and_encode_as_in_pytorch(exported):
+    folder, _ = exported
+    model, processor = load_encoder(folder, "torch")
+    onnx, _ = load_encoder(folder, "onnx")
+    images, titles, _ = random_products(4, seed=3)
+    attributes = [["colour: red", "material: glass"], [], ["colour: red"], ["material: glass", "colour: red"]]
+    batch = processor(images=images, titles=titles, attributes=attributes, return_tensors="np")
+    fed = distinct_attributes(batch)
+    assert fed["attribute_input_ids"].shape[0] == 2 and int(batch["attribute_mask"].sum()) == 5
+    real = batch["attribute_mask"].astype(bool)
+    np.testing.assert_array_equal(  # each slot's row is its own string
+        fed["attribute_input_ids"][fed["attribute_index"][real]], batch["attribute_input_ids"][real]
+    )
+    expected = model.encode_products(images, titles, attributes)
+    np.testing.assert_allclose(onnx.encode_products(images, titles, attributes), expected, atol=1e-5)
+
+
+def test_an_export_with_other_inputs_is_refused(exported, monkeypatch):
+    import clipita.onnx_encoder as onnx_encoder
+
+    folder, _ = exported
+    monkeypatch.setitem(onnx_encoder.PRODUCT_INPUTS, "attributes", ("attribute_input_ids", "attribute_mask"))
+    with pytest.raises(ValueError, match="exported by another version.*onnx_export"):
+        OnnxEncoder(folder, "fp32")
 
 
 def test_an_export_of_other_weights_is_refused(exported, tmp_path):
@@ -123,10 +167,15 @@ def test_mixed_int8_keeps_the_sensitive_nodes_float_and_is_closer_than_dynamic(e
     manifest = add_int8(folder, "mixed")
     assert manifest["int8_method"] == "mixed" and "parity" not in manifest
     assert manifest["sizes"]["product_encoder_int8.onnx"] < manifest["sizes"]["product_encoder.onnx"]
+    parameters = node_parameters(onnx.load(str(folder / "onnx" / "product_encoder.onnx")))
     nodes = onnx.load(str(folder / "onnx" / "product_encoder_int8.onnx")).graph.node
-    quantised = [node.name for node in nodes if node.op_type == "MatMulInteger"]
-    assert any("/vision_model/encoder/" in name for name in quantised)  # the vision tower is int8
-    float_kept = ("/text_model/encoder/layers.0/", "text_projection", "attribute_projection", "product_head")
+    quantised = [
+        parameters[node.name.removesuffix("_quant").removesuffix("_MatMul")]
+        for node in nodes
+        if node.op_type == "MatMulInteger"
+    ]
+    assert any("vision_model.encoder." in name for name in quantised)  # the vision tower is int8
+    float_kept = ("text_model.encoder.layers.0.", "text_projection", "attribute_projection", "product_head")
     assert not [name for name in quantised if any(part in name for part in float_kept)], quantised
     assert not [node.name for node in nodes if node.op_type == "Gemm" and "_quant" in node.name]
     images, titles, attributes = random_products(40, seed=4)
