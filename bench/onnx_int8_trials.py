@@ -20,7 +20,6 @@ largest product / category embedding difference. Trials:
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,7 +31,7 @@ from clipita.data import load_catalogue
 from clipita.evaluation import clipita_embeddings
 from clipita.loading import load_model
 from clipita.onnx_encoder import distinct_attributes
-from clipita.onnx_export import export_onnx, node_parameters, random_products
+from clipita.onnx_export import MIXED_FLOAT_MODULES, export_onnx, random_products, tower_linears
 from clipita.tree import category_nodes
 
 if __package__:
@@ -44,27 +43,27 @@ else:
     from onnx_int8_recall import copy_model, overlaps, top10
 
 ENCODERS = ("category_encoder", "product_encoder")
-LAYER = re.compile(r"(text|vision)_model\.encoder\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.")
 ROLE = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "out_proj": "attn-out", "fc1": "fc1", "fc2": "fc2"}
 
 
-def group_of(node, parameters: dict[str, str]) -> str | None:
-    """The trial group of a node quantize_dynamic could quantise, told by the parameter it applies
-    (`node_parameters`); None: an attention-score MatMul, a shape Gather."""
+def group_of(node, linears: dict[str, tuple[str, int, str]]) -> str | None:
+    """The trial group of a node quantize_dynamic could quantise (`linears`: `tower_linears` of its graph);
+    None: an attention-score MatMul, a shape Gather."""
     if node.op_type == "Conv":
         return "patch-conv"
     if node.op_type == "Gather":
         return "embeddings"
-    parameter = parameters.get(node.name)
-    if parameter is None:
+    if node.op_type not in ("MatMul", "Gemm"):
         return None
-    if "_head." in parameter or "attribute_" in parameter:
+    if node.name in linears:
+        tower, layer, linear = linears[node.name]
+        return f"{tower}.L{layer}.{ROLE[linear]}"
+    if "/text_projection" in node.name:
+        return "text-proj"
+    if "/visual_projection" in node.name:
+        return "visual-proj"
+    if node.op_type == "Gemm" or MIXED_FLOAT_MODULES.search(node.name):
         return "heads+attr-proj"
-    if parameter in ("text_projection", "visual_projection"):
-        return parameter.replace("_projection", "-proj")
-    match = LAYER.search(parameter)
-    if match and match.group(4) in ROLE:
-        return f"{match.group(1)}.L{match.group(2)}.{ROLE[match.group(4)]}"
     return None
 
 
@@ -127,11 +126,11 @@ def main(argv=None) -> None:
                 str(folder / "onnx" / f"{name}.onnx"), str(prepared[name]), skip_symbolic_shape=True
             )
             graph = onnx.load(str(prepared[name]))
-            parameters = node_parameters(graph)
+            linears = tower_linears(graph)
             for node in graph.graph.node:
-                if node.op_type == "MatMul" and node.name not in parameters:
+                group = group_of(node, linears)
+                if node.op_type == "MatMul" and group is None:
                     scores.add(node.name)
-                group = group_of(node, parameters)
                 if group:  # a Gemm is quantised as `<name>_MatMul`
                     groups.setdefault(group, set()).update({node.name, f"{node.name}_MatMul"})
         options = ort.SessionOptions()

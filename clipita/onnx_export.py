@@ -145,51 +145,62 @@ INT8_METHODS = {
 # `mixed` keeps these float32: every node of the text tower's first encoder layer (attention and MLP), the text
 # projection, the heads' and attribute projection's layers, and every Gather (embedding tables; no int8 kernel
 # to gain). Measured on the demo model: quantising one group at a time, these lost the most recall@10; the
-# vision tower and later text layers hardly any. Nodes are told by the parameters they read, not by their
-# names: a layer called outside its tower's forward (the pooled last layer) is named without the tower's path.
+# vision tower and later text layers hardly any.
 # the default: the one whose recall@10 against PyTorch meets the issue's 0.98 (docs/BENCHMARKS.md)
 DEFAULT_INT8_METHOD = "mixed"
-MIXED_FLOAT_PARAMETERS = re.compile(
-    r"text_model\.encoder\.layers\.0\.|text_projection|attribute_(projection|pooler)|_head\."
+MIXED_FLOAT_MODULES = re.compile(r"/(text_projection|attribute_projection|attribute_pooler|\w+_head)(_\d+)?/")
+# a tower layer's linear node: `/text_model/encoder/layers.0/self_attn/q_proj/MatMul` in a whole tower,
+# `/layers.0/mlp/fc1_2/MatMul` for an earlier layer called by `_text_tower`, `/mlp/fc1/Gemm` for the last layer
+# called at the pooled token (no layer index: the highest index seen plus one)
+TOWER_LINEAR = re.compile(
+    r"(?:/layers\.(\d+))?/(?:(?:self_attn|mlp)[^/]*/)?(q_proj|k_proj|v_proj|out_proj|fc1|fc2)(?:_\d+)?/(?:MatMul|Gemm)$"
 )
 
 
-def node_parameters(model) -> dict[str, str]:
-    """{node name: the parameter it applies} for each Gemm and weight MatMul of an exported graph. The
-    exporter names initializers by their parameters, except a MatMul's weight, which it transposes into a new
-    constant: a MatMul is named by the bias its Add reads, a bias-free one (the projections) by its node."""
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    readers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    found = {}
-    for node in model.graph.node:
-        if node.op_type == "Gemm":
-            found[node.name] = node.input[1]
-        elif node.op_type == "MatMul":
-            biases = [
-                name
-                for add in readers.get(node.output[0], [])
-                if add.op_type == "Add"
-                for name in add.input
-                if name in initializers
-            ]
-            projection = re.search(r"/(text|visual)_projection(_\d+)?/", node.name)
-            if biases:
-                found[node.name] = biases[0]
-            elif projection:
-                found[node.name] = f"{projection.group(1)}_projection"
-    return found
+def tower_linears(model) -> dict[str, tuple[str, int, str]]:
+    """{node name: (tower, layer, linear)} for the towers' linear nodes of an exported graph, e.g.
+    ("text", 0, "fc1"). The tower is told by which inputs reach the node (pixels: "vision", token ids:
+    "text"; both: the heads), the layer and linear by its name. Not by parameter names: the exporter merges
+    initializers of equal value (a fresh model's zero biases), and a layer called outside its tower's
+    forward is named without the tower's path."""
+    reach: dict[str, set] = {}
+    for graph_input in model.graph.input:
+        if graph_input.name == "pixel_values":
+            reach[graph_input.name] = {"vision"}
+        elif graph_input.name.endswith("input_ids"):
+            reach[graph_input.name] = {"text"}
+    found, highest = {}, {}
+    for node in model.graph.node:  # topologically sorted
+        sources = set().union(*(reach.get(name, set()) for name in node.input))
+        for name in node.output:
+            reach[name] = sources
+        match = TOWER_LINEAR.search(node.name)
+        if match and node.op_type in ("MatMul", "Gemm") and len(sources) == 1:
+            tower = next(iter(sources))
+            layer = None if match.group(1) is None else int(match.group(1))
+            found[node.name] = (tower, layer, match.group(2))
+            if layer is not None:
+                highest[tower] = max(highest.get(tower, -1), layer)
+    return {
+        name: (tower, highest.get(tower, -1) + 1 if layer is None else layer, linear)
+        for name, (tower, layer, linear) in found.items()
+    }
 
 
 def mixed_float_nodes(model) -> list[str]:
     """The node names `mixed` leaves in float32. quantize_dynamic first rewrites each Gemm as a MatMul named
     `<gemm>_MatMul` (and an Add), so a Gemm is excluded under both names."""
-    names = [node.name for node in model.graph.node if node.op_type == "Gather"]
-    for name, parameter in node_parameters(model).items():
-        if MIXED_FLOAT_PARAMETERS.search(parameter):
-            names += [name, f"{name}_MatMul"]
+    first_text_layer = {
+        name for name, (tower, layer, _) in tower_linears(model).items() if (tower, layer) == ("text", 0)
+    }
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "Gather":
+            names.append(node.name)
+        elif node.op_type in ("MatMul", "Gemm") and (
+            node.name in first_text_layer or MIXED_FLOAT_MODULES.search(node.name)
+        ):
+            names += [node.name, f"{node.name}_MatMul"]
     return names
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -18,9 +19,10 @@ from clipita.onnx_encoder import OnnxEncoder, distinct_attributes, load_encoder 
 from clipita.onnx_export import (  # noqa: E402
     add_int8,
     export_onnx,
-    node_parameters,
+    mixed_float_nodes,
     parity,
     random_products,
+    tower_linears,
 )
 from tests.conftest import tiny_model  # noqa: E402
 from tests.test_card import save_tiny_release  # noqa: E402
@@ -47,10 +49,39 @@ def test_graphs_run_the_last_layer_at_the_pooled_token_only(exported):
     import onnx
 
     folder, _ = exported
-    for name in ("product_encoder.onnx", "category_encoder.onnx"):
-        parameters = node_parameters(onnx.load(str(folder / "onnx" / name)))
-        last_mlp = {node: p for node, p in parameters.items() if "encoder.layers.0.mlp.fc1" in p}
-        assert last_mlp and all(node.endswith("/Gemm") for node in last_mlp), (name, last_mlp)
+    for name, towers in (("product_encoder.onnx", {"vision", "text"}), ("category_encoder.onnx", {"text"})):
+        linears = tower_linears(onnx.load(str(folder / "onnx" / name)))
+        last_mlp = {node: tower for node, (tower, layer, linear) in linears.items() if linear == "fc1"}
+        assert set(last_mlp.values()) == towers and all(node.endswith("/Gemm") for node in last_mlp), last_mlp
+
+
+def test_mixed_keeps_exactly_the_first_text_layer_float_in_a_fresh_model(tmp_path):
+    """A fresh model's biases are all zero, which the exporter merges into one initializer: the nodes are told
+    apart by the inputs that reach them and their names, so two layers per tower give 6 float linears for each
+    of the two text passes (title, attributes) and none in the vision tower."""
+    import onnx
+
+    from clipita.bootstrap import build_default_model
+    from tests.conftest import TINY_TEXTS
+
+    model, processor = build_default_model(TINY_TEXTS, hidden_size=32, layers=2, image_size=32)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    export_onnx(tmp_path, int8=None)
+    graph = onnx.load(str(tmp_path / "onnx" / "product_encoder.onnx"))
+    linears = tower_linears(graph)
+    assert sorted({(tower, layer) for tower, layer, _ in linears.values()}) == [
+        ("text", 0),
+        ("text", 1),
+        ("vision", 0),
+        ("vision", 1),
+    ]
+    kept = set(mixed_float_nodes(graph))
+    assert sorted(linears[name] for name in kept if name in linears) == sorted(
+        [("text", 0, linear) for linear in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")] * 2
+    )
+    # the image is traced first: its layers' nodes are the ones without a call suffix (`q_proj` not `q_proj_1`)
+    assert not [name for name in kept & set(linears) if not re.search(r"_\d+/(MatMul|Gemm)$", name)]
 
 
 def test_int8_variant_is_smaller_and_close(exported):
@@ -167,15 +198,16 @@ def test_mixed_int8_keeps_the_sensitive_nodes_float_and_is_closer_than_dynamic(e
     manifest = add_int8(folder, "mixed")
     assert manifest["int8_method"] == "mixed" and "parity" not in manifest
     assert manifest["sizes"]["product_encoder_int8.onnx"] < manifest["sizes"]["product_encoder.onnx"]
-    parameters = node_parameters(onnx.load(str(folder / "onnx" / "product_encoder.onnx")))
+    linears = tower_linears(onnx.load(str(folder / "onnx" / "product_encoder.onnx")))
     nodes = onnx.load(str(folder / "onnx" / "product_encoder_int8.onnx")).graph.node
     quantised = [
-        parameters[node.name.removesuffix("_quant").removesuffix("_MatMul")]
+        node.name.removesuffix("_quant").removesuffix("_MatMul")
         for node in nodes
         if node.op_type == "MatMulInteger"
     ]
-    assert any("vision_model.encoder." in name for name in quantised)  # the vision tower is int8
-    float_kept = ("text_model.encoder.layers.0.", "text_projection", "attribute_projection", "product_head")
+    assert any(linears.get(name, ("",))[0] == "vision" for name in quantised)  # the vision tower is int8
+    float_kept = ("text_projection", "attribute_projection", "product_head")
+    assert not [name for name in quantised if linears.get(name, ("",))[0:2] == ("text", 0)], quantised
     assert not [name for name in quantised if any(part in name for part in float_kept)], quantised
     assert not [node.name for node in nodes if node.op_type == "Gemm" and "_quant" in node.name]
     images, titles, attributes = random_products(40, seed=4)
