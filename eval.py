@@ -54,7 +54,6 @@ from clipita.evaluation import (
     format_table,
     matryoshka_cut,
     plot_results,
-    without_titles,
 )
 from clipita.loading import load_model
 from clipita.results import BASELINES, runs_by_name
@@ -149,9 +148,6 @@ def run_evaluation(
         )
         per_depth = {}
         if train_paths is not None:
-            plain = None  # the title-free view the model's category suggestion reads
-            if getattr(model.config, "suggest_without_title", False) and "title" in products.column_names:
-                plain, _ = clipita_embeddings(model, processor, without_titles(products), batch_size)
             per_depth["per_depth"] = clipita_per_depth(
                 embeds,
                 encode_queries,
@@ -161,7 +157,6 @@ def run_evaluation(
                 processor.category_text,
                 node_scoring,
                 softmax_temperature(model),
-                plain,
             )
         name = Path(str(path).rstrip("/")).name or str(path)
         name = name if name not in names else f"{name} ({len(names)})"

@@ -39,7 +39,6 @@ from clipita.tree import (
     category_nodes,
     depth_name,
     is_unseen,
-    leaves_of,
     node_scores,
     query_nodes,
     rank_paths,
@@ -339,32 +338,6 @@ def _accuracy(correct_rank: np.ndarray, groups: dict[str, np.ndarray]) -> dict:
     }
 
 
-def suggestion_scores(
-    node_embeds: np.ndarray,
-    product_embeds: np.ndarray,
-    nodes: Sequence[Node],
-    product_embeds_without_title: np.ndarray | None = None,
-) -> np.ndarray:
-    """[nodes, products] cosine scores the category suggestion reads. With the products' title-free
-    embeddings (a model with `config.suggest_without_title`), a node above the leaf scores the mean of the
-    two views' similarities: broad title dropout trained the title-free view for broad nodes, and a new
-    product type's title names a leaf the model never saw. Leaves keep the titled view's score."""
-    queries = l2_normalise(node_embeds)
-    raw = queries @ l2_normalise(np.nan_to_num(product_embeds)).T
-    if product_embeds_without_title is None:
-        return raw
-    leaves = set(leaves_of(nodes))
-    broad = np.array([tuple(n) not in leaves for n in nodes])
-    plain = queries[broad] @ l2_normalise(np.nan_to_num(product_embeds_without_title)).T
-    raw[broad] = 0.5 * (raw[broad] + plain)
-    return raw
-
-
-def without_titles(products):
-    """The products with every title blanked (the title-free view `suggestion_scores` reads)."""
-    return products.remove_columns("title").add_column("title", [""] * len(products))
-
-
 def per_depth_report(
     product_embeds: np.ndarray,
     node_embeds: np.ndarray,
@@ -373,7 +346,6 @@ def per_depth_report(
     train_paths: Iterable[Sequence[str]],
     node_scoring: str = "node",
     temperature: float | None = None,
-    product_embeds_without_title: np.ndarray | None = None,
 ) -> dict:
     """Retrieval and placement at every depth of the tree, so no level's gap hides inside "all".
 
@@ -389,8 +361,7 @@ def per_depth_report(
     `suggest_paths` (the Space's and the helper's suggestion) does: a broad node's max over its seen leaves
     serves ranking products for it, but would let a seen leaf that shares a word with a new product type
     draw it into that leaf's group. Dense [nodes, products] scores: for evaluation splits, not for a whole
-    shop. With `product_embeds_without_title`, placement reads `suggestion_scores`' two views, as the
-    suggestion of such a model does; retrieval reads the titled embeddings (the index's).
+    shop.
     """
     seen = seen_nodes(train_paths)
     nodes = [tuple(n) for n in nodes]
@@ -400,8 +371,7 @@ def per_depth_report(
     position = {n: i for i, n in enumerate(nodes)}
     leaf_seen = np.array([p in seen for p in paths])
     product_groups = {"known": leaf_seen, "new": ~leaf_seen}
-    placing = suggestion_scores(node_embeds, product_embeds, nodes, product_embeds_without_title)
-    leaf_paths, order = rank_paths(placing, nodes, top=len(nodes))
+    leaf_paths, order = rank_paths(raw, nodes, top=len(nodes))
     max_depth = max(len(p) for p in paths)
     report: dict = {"node_scoring": node_scoring, "retrieval": {}, "placement": {}, "path_placement": {}}
     for depth in range(1, max_depth + 1):
@@ -426,8 +396,8 @@ def per_depth_report(
 
         candidates = [n for n in nodes if len(n) == depth]
         truth = np.array([position[p[:depth]] if len(p) >= depth else 0 for p in paths])
-        candidate_scores = placing[[position[n] for n in candidates]].T  # [N, C]
-        true_score = placing[truth, np.arange(len(paths))]
+        candidate_scores = raw[[position[n] for n in candidates]].T  # [N, C]
+        true_score = raw[truth, np.arange(len(paths))]
         node_rank = (candidate_scores > true_score[:, None]).sum(axis=1)
         groups = {g: m & has for g, m in product_groups.items()}
         report["placement"][name] = _accuracy(node_rank, groups)
@@ -450,7 +420,6 @@ def clipita_per_depth(
     query_text,
     node_scoring,
     temperature: float | None = None,
-    embeds_without_title: np.ndarray | None = None,
 ) -> dict:
     """`per_depth_report` for a CLIP-ITA model's embeddings (NaN rows: skipped products, left out)."""
     kept = np.flatnonzero(~np.isnan(embeds).any(axis=1))
@@ -463,7 +432,6 @@ def clipita_per_depth(
         train_paths,
         node_scoring,
         temperature,
-        None if embeds_without_title is None else embeds_without_title[kept],
     )
 
 
@@ -473,25 +441,18 @@ def suggest_categories(
     """Category paths for products (a `datasets.Dataset` in the canonical schema), best first, consistent
     with the tree of `tree_paths`: per product, [(root -> leaf path, mean score of its nodes)]."""
     embeds, encode_queries = clipita_embeddings(model, processor, products, batch_size)
-    plain = None
-    if getattr(model.config, "suggest_without_title", False):
-        plain, _ = clipita_embeddings(model, processor, without_titles(products), batch_size)
     nodes = CategoryTree(tree_paths).nodes()
     node_embeds = encode_queries([processor.category_text(n) for n in nodes])
-    return suggest_paths(embeds, node_embeds, nodes, top, plain)
+    return suggest_paths(embeds, node_embeds, nodes, top)
 
 
 def suggest_paths(
-    product_embeds: np.ndarray,
-    node_embeds: np.ndarray,
-    nodes: Sequence[Node],
-    top: int = 5,
-    product_embeds_without_title: np.ndarray | None = None,
+    product_embeds: np.ndarray, node_embeds: np.ndarray, nodes: Sequence[Node], top: int = 5
 ) -> list[list[tuple[Node, float]]]:
-    """Ranked category paths from embeddings (`clipita.tree.rank_paths` on `suggestion_scores`): per product,
+    """Ranked category paths from embeddings (`clipita.tree.rank_paths` on cosine scores): per product,
     [(path, score)] best first; a product that could not be encoded (NaN row) gets []."""
     nodes = [tuple(n) for n in nodes]
-    raw = suggestion_scores(node_embeds, product_embeds, nodes, product_embeds_without_title)
+    raw = l2_normalise(node_embeds) @ l2_normalise(np.nan_to_num(product_embeds)).T
     paths, order = rank_paths(raw, nodes, top)
     position = {n: i for i, n in enumerate(nodes)}
     out = []

@@ -184,24 +184,14 @@ def classify_image(
     top = _count(top, 1, MAX_TOP_CATEGORIES, "the number of categories")
     image = read_upload(upload)
     start = time.perf_counter()
-    title = " ".join(str(title or "").split())
-    titles = [title]
-    if getattr(variant.model.config, "suggest_without_title", False) and title:
-        titles.append("")  # the title-free view the model's suggestion reads for broad nodes
-    products = variant.model.encode_products(
-        images=[image] * len(titles),
-        titles=titles,
-        attributes=[split_attributes(attributes)] * len(titles),
+    product = variant.model.encode_products(
+        images=[image],
+        titles=[" ".join(str(title or "").split())],
+        attributes=[split_attributes(attributes)],
         processor=variant.processor,
         dim=variant.dim,
-    )
-    ranked = suggest_paths(
-        products[:1],
-        variant.category_embeds,
-        variant.nodes,
-        len(variant.nodes),
-        products[1:] if len(titles) > 1 else None,
     )[0]
+    ranked = suggest_paths(product[None, :], variant.category_embeds, variant.nodes, len(variant.nodes))[0]
     logits = variant.logit_scale * np.array([score for _, score in ranked])
     probabilities = np.exp(logits - logits.max())
     probabilities /= probabilities.sum()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipita.evaluation import format_per_depth, per_depth_report, suggest_paths, suggestion_scores
+from clipita.evaluation import format_per_depth, per_depth_report, suggest_paths
 from clipita.results import ResultsError, check_result
 from clipita.tree import (
     depth_name,
@@ -125,37 +125,6 @@ def test_per_depth_report_splits_depths_groups_and_scorings():
     # placement reads the nodes' own scores, as the category suggestion does, whatever the node scoring
     assert tree["placement"] == max_leaf["placement"] == node["placement"]
     assert tree["path_placement"] == max_leaf["path_placement"] == node["path_placement"]
-
-
-def test_two_view_suggestion_scores_broad_nodes_by_the_mean_of_both_views():
-    rng = np.random.default_rng(1)
-    node_embeds, titled, plain = (rng.normal(size=(n, 8)) for n in (len(NODES), 3, 3))
-    one = suggestion_scores(node_embeds, titled, NODES)
-    two = suggestion_scores(node_embeds, titled, NODES, plain)
-    leaves = [NODES.index(n) for n in leaves_of(NODES)]
-    broad = [i for i in range(len(NODES)) if i not in leaves]
-    np.testing.assert_allclose(two[leaves], one[leaves])
-    np.testing.assert_allclose(
-        two[broad], 0.5 * (one[broad] + suggestion_scores(node_embeds, plain, NODES)[broad])
-    )
-
-
-def test_placement_and_suggestion_read_the_title_free_view_where_given():
-    """The new-type product's title pulls it towards B > z; without the title it sits in A > x, its group.
-    Placement and the suggested path follow the two views; retrieval reads the titled embeddings only."""
-    product_embeds, node_embeds, product_paths, train_paths = _embeddings()
-    position = {n: i for i, n in enumerate(NODES)}
-    titled = product_embeds.copy()
-    titled[1] = node_embeds[position[("A", "x", "2")]] + 0.6 * node_embeds[position[("B", "z")]]
-    plain = titled.copy()
-    plain[1] = node_embeds[position[("A", "x")]] + node_embeds[position[("A",)]]
-    one = per_depth_report(titled, node_embeds, NODES, product_paths, train_paths, "node")
-    two = per_depth_report(titled, node_embeds, NODES, product_paths, train_paths, "node", None, plain)
-    assert (
-        one["placement"]["depth2"]["new"]["top1"] == 0.0 and two["placement"]["depth2"]["new"]["top1"] == 1.0
-    )
-    assert two["retrieval"] == one["retrieval"]
-    assert suggest_paths(titled[1:2], node_embeds, NODES, 1, plain[1:2])[0][0][0] == ("A", "x", "2")
 
 
 def test_per_depth_results_are_checked():

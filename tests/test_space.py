@@ -79,8 +79,6 @@ def build_variant(variant: str, catalogue, catalogue_dir: Path, root: Path):
     model, processor = build_default_model(
         texts, variant=variant, hidden_size=32, layers=1, image_size=32, vocab_size=256
     )
-    # as train.py sets it after broad title dropout (its default): the suggestion reads two views
-    model.config.suggest_without_title = "title" in model.config.product_modalities
     model_dir, index_dir = root / f"model-{variant}", root / f"index-{variant}"
     register_auto_classes()  # the folder gets its auto_map and code files: the Space loads its remote code
     model.save_pretrained(model_dir)
@@ -232,8 +230,7 @@ def product_png(space: RunningSpace, tmp_path: Path, row: int = 0) -> tuple[Path
 def expected_categories(
     space: RunningSpace, variant: str, image: Image.Image, title: str, attributes: list[str]
 ):
-    """Leaf paths ranked by the mean cosine of their nodes (root, middle, leaf) with the product (a broad
-    node's: the mean of the titled and title-free views', for a model with `suggest_without_title`)."""
+    """Leaf paths ranked by the mean cosine of their nodes (root, middle, leaf) with the product."""
     model, processor = space.models[variant]
     nodes = sorted(category_nodes(space))
     embeds = model.encode_categories(nodes, processor=processor)
@@ -242,13 +239,6 @@ def expected_categories(
     )[0]
     score = dict(zip(nodes, embeds @ product))
     leaves = [n for n in nodes if not any(m.startswith(n + " > ") for m in nodes)]
-    if model.config.suggest_without_title and title:  # a broad node: the mean with the title-free view
-        plain = model.encode_products(
-            images=[image], titles=[""], attributes=[attributes], processor=processor
-        )[0]
-        score.update(
-            {n: 0.5 * (score[n] + float(e @ plain)) for n, e in zip(nodes, embeds) if n not in leaves}
-        )
     prefixes = {
         leaf: [" > ".join(leaf.split(" > ")[:d]) for d in range(1, leaf.count(" > ") + 2)] for leaf in leaves
     }
