@@ -50,11 +50,6 @@ class CLIPITAConfig(PretrainedConfig):
         matryoshka_dims (`list[int]`): nested embedding sizes below `projection_dim` trained alongside it
             (Matryoshka: the loss is averaged over the full size and each of these, on the first `d`
             dimensions renormalised), so embeddings can be cut to any of them (`encode_*(dim=d)`). Empty: off.
-        suggest_without_title (`bool`): category suggestion (the placement of a product in the tree) scores the
-            nodes above the leaf by the mean of the product's similarities with and without its title. Set by
-            train.py for a model trained with broad title dropout, which learnt that title-free view for broad
-            nodes: a new product type's title names a leaf the model never saw and can pull it to the wrong
-            group.
 
     Which towers are frozen is a training choice (train.py's `--freeze_*` flags), not part of the model.
     """
@@ -79,7 +74,6 @@ class CLIPITAConfig(PretrainedConfig):
         deduplicate_texts: bool = True,
         pooled_last_layer: bool = True,
         matryoshka_dims: list[int] | tuple[int, ...] | None = None,
-        suggest_without_title: bool = False,
         **kwargs,
     ):
         if clip_config is None:
@@ -123,7 +117,6 @@ class CLIPITAConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.deduplicate_texts = deduplicate_texts
         self.pooled_last_layer = pooled_last_layer
-        self.suggest_without_title = suggest_without_title
         super().__init__(**kwargs)
 
     @property

@@ -184,11 +184,6 @@ class Trainer:
 
         tokenizer = self._run_tokenizer(resume, train_rows)
         model, self.processor = build_model(args, train_rows, tokenizer)
-        # the title-free view of a product is what broad title dropout trains for broad nodes
-        broad_dropout = getattr(args, "broad_dropout", None) or {}
-        model.config.suggest_without_title = (
-            broad_dropout.get("title", 0.0) > 0 and "title" in model.config.product_modalities
-        )
         fingerprint = tokenizer_fingerprint(self.processor)
         _check_same_on_all_processes(accelerator, fingerprint)
         if args.gradient_checkpointing:
