@@ -48,16 +48,17 @@ def distinct_attributes(batch: dict) -> dict:
     if "attribute_mask" not in batch:
         return dict(batch)
     ids, mask, real = batch["attribute_input_ids"], batch["attribute_attention_mask"], batch["attribute_mask"]
-    length = ids.shape[-1]
     real = real.astype(bool)
-    rows = np.concatenate([ids[real], mask[real].astype(ids.dtype)], axis=1)
-    if rows.shape[0] == 0:  # no attribute in the batch: one placeholder row the graph can encode
-        rows = np.zeros((1, 2 * max(length, 1)), dtype=ids.dtype)
-        rows[0, max(length, 1)] = 1
-        length = max(length, 1)
-    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
     index = np.zeros(real.shape, dtype=np.int64)
-    index[real] = inverse.reshape(-1)[: int(real.sum())]
+    if real.any():
+        length = ids.shape[-1]
+        rows = np.concatenate([ids[real], mask[real].astype(ids.dtype)], axis=1)
+        unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+        index[real] = inverse.reshape(-1)
+    else:  # no attribute in the batch: one placeholder string (one attended token) the graph can encode
+        length = max(ids.shape[-1], 1)
+        unique = np.zeros((1, 2 * length), dtype=ids.dtype)
+        unique[0, length] = 1
     return {
         **batch,
         "attribute_input_ids": unique[:, :length],
