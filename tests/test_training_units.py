@@ -283,8 +283,18 @@ def test_broad_dropout_argument_errors(capsys):
     }
     assert parse_args([]).broad_dropout == {"title": 0.25}  # the default, chosen by the issue-13 ablation
     assert parse_args(["--broad_dropout", "none"]).broad_dropout is None  # the paper's recipe
-    assert parse_args(["--broad_dropout", "title:0.5,start:0.5"]).broad_dropout == {"title": 0.5, "start": 0.5}
-    for bad in ("title:2", "attributes:0.5", "title", "title:0.1,title:0.2", "start:0.5", "title:0.5,start:1"):
+    assert parse_args(["--broad_dropout", "title:0.5,start:0.5"]).broad_dropout == {
+        "title": 0.5,
+        "start": 0.5,
+    }
+    for bad in (
+        "title:2",
+        "attributes:0.5",
+        "title",
+        "title:0.1,title:0.2",
+        "start:0.5",
+        "title:0.5,start:1",
+    ):
         with pytest.raises(SystemExit):
             parse_args(["--broad_dropout", bad])
         assert "--broad_dropout" in capsys.readouterr().err

@@ -41,7 +41,12 @@ def parse_broad_dropout(value: str) -> dict[str, float]:
         except ValueError:
             p = -1.0
         allowed = (*BROAD_DROPOUT_MODALITIES, BROAD_DROPOUT_START)
-        if name not in allowed or not 0.0 <= p <= 1.0 or name in out or (name == BROAD_DROPOUT_START and p == 1):
+        if (
+            name not in allowed
+            or not 0.0 <= p <= 1.0
+            or name in out
+            or (name == BROAD_DROPOUT_START and p == 1)
+        ):
             raise ValueError(
                 f"--broad_dropout: {part.strip()!r} is not MODALITY:P with MODALITY one of "
                 f"{', '.join(BROAD_DROPOUT_MODALITIES)} (each once) and P in [0, 1], or start:S with S in [0, 1) "
