@@ -254,28 +254,6 @@ def test_broad_dropout_is_a_function_of_seed_epoch_and_index_and_spares_leaf_pai
     assert [pairs[i]["title"] for i in range(40)] != [r["title"] for r in first]
 
 
-def test_broad_dropout_start_delays_it_to_an_epoch_of_the_run():
-    """start:S: no pair is dropped before the first epoch at or after share S of the steps; from there on
-    the pairs are those of dropout without a start (a function of seed, epoch and index, so resumable)."""
-    rows = tiny_catalogue(num_train=40, num_validation=2)["train"]
-    columns = ["image", "title", "attributes"]
-    late = TrainingPairs(rows, "all", seed=3, columns=columns, broad_dropout={"title": 0.9, "start": 0.5})
-    always = TrainingPairs(rows, "all", seed=3, columns=columns, broad_dropout={"title": 0.9})
-    plain = TrainingPairs(rows, "all", seed=3, columns=columns)
-    late.schedule_broad_dropout(total_steps=100, steps_per_epoch=8)  # 50 steps: epoch 6.25 -> 7
-    always.schedule_broad_dropout(total_steps=100, steps_per_epoch=8)
-    assert (late.broad_dropout_start_epoch, always.broad_dropout_start_epoch) == (7, 0)
-
-    def titles(pairs, epoch):
-        pairs.set_epoch(epoch)
-        return [pairs[i]["title"] for i in range(40)]
-
-    for epoch in (0, 6):
-        assert titles(late, epoch) == titles(plain, epoch) != titles(always, epoch)
-    for epoch in (7, 9):
-        assert titles(late, epoch) == titles(always, epoch) != titles(plain, epoch)
-
-
 def test_broad_dropout_argument_errors(capsys):
     assert parse_args(["--broad_dropout", "title:0.9,image:0.5"]).broad_dropout == {
         "title": 0.9,
@@ -283,18 +261,7 @@ def test_broad_dropout_argument_errors(capsys):
     }
     assert parse_args([]).broad_dropout == {"title": 0.25}  # the default, chosen by the issue-13 ablation
     assert parse_args(["--broad_dropout", "none"]).broad_dropout is None  # the paper's recipe
-    assert parse_args(["--broad_dropout", "title:0.5,start:0.5"]).broad_dropout == {
-        "title": 0.5,
-        "start": 0.5,
-    }
-    for bad in (
-        "title:2",
-        "attributes:0.5",
-        "title",
-        "title:0.1,title:0.2",
-        "start:0.5",
-        "title:0.5,start:1",
-    ):
+    for bad in ("title:2", "attributes:0.5", "title", "title:0.1,title:0.2"):
         with pytest.raises(SystemExit):
             parse_args(["--broad_dropout", bad])
         assert "--broad_dropout" in capsys.readouterr().err

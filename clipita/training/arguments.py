@@ -168,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BROAD_DROPOUT,
         help='modality dropout for pairs whose node is broader than the leaf, e.g. "title:0.5,image:0.5": '
         "the title is dropped / the image greyed with that probability, decided by (seed, epoch, product), "
-        "so a broad category is learnt from what its products share; start:S (e.g. title:0.5,start:0.5) "
-        'begins it at share S of the run; "none" is the paper\'s recipe '
+        'so a broad category is learnt from what its products share; "none" is the paper\'s recipe '
         f"(default: {DEFAULT_BROAD_DROPOUT}; docs/ablation_tree.md)",
     )
     training.add_argument("--freeze_towers", action="store_true", help="freeze CLIP's vision and text towers")

@@ -5,13 +5,11 @@ The node is a function of (seed, epoch, product index) and the order of products
 Broad dropout (`--broad_dropout title:P,image:P`) is too: for a pair whose node is broader than the
 product's leaf, the title is dropped with probability P and the image greyed with probability P, decided by
 (seed, epoch, index), so what a group's products share (attributes, shape) has to carry the broad category.
-`start:S` delays it to the first epoch at or after share S of the run, so leaves are learnt with titles first.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -26,13 +24,11 @@ logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 16  # consecutive unreadable rows tolerated before giving up
 BROAD_DROPOUT_MODALITIES = ("title", "image")
-BROAD_DROPOUT_START = "start"  # the share of the run's steps before which no pair is dropped
 GREY = (128, 128, 128)
 
 
 def parse_broad_dropout(value: str) -> dict[str, float]:
-    """ "title:0.5,image:0.5,start:0.5" -> {"title": 0.5, "image": 0.5, "start": 0.5}; a clear one-line
-    error for anything else (a modality is needed: a start alone drops nothing)."""
+    """ "title:0.5,image:0.5" -> {"title": 0.5, "image": 0.5}; a clear one-line error for anything else."""
     out: dict[str, float] = {}
     for part in str(value).split(","):
         name, _, probability = part.strip().partition(":")
@@ -40,21 +36,12 @@ def parse_broad_dropout(value: str) -> dict[str, float]:
             p = float(probability)
         except ValueError:
             p = -1.0
-        allowed = (*BROAD_DROPOUT_MODALITIES, BROAD_DROPOUT_START)
-        if (
-            name not in allowed
-            or not 0.0 <= p <= 1.0
-            or name in out
-            or (name == BROAD_DROPOUT_START and p == 1)
-        ):
+        if name not in BROAD_DROPOUT_MODALITIES or not 0.0 <= p <= 1.0 or name in out:
             raise ValueError(
                 f"--broad_dropout: {part.strip()!r} is not MODALITY:P with MODALITY one of "
-                f"{', '.join(BROAD_DROPOUT_MODALITIES)} (each once) and P in [0, 1], or start:S with S in [0, 1) "
-                "(the share of the run before dropout begins), e.g. title:0.5,image:0.5,start:0.5"
+                f"{', '.join(BROAD_DROPOUT_MODALITIES)} (each once) and P in [0, 1], e.g. title:0.5,image:0.5"
             )
         out[name] = p
-    if not set(out) & set(BROAD_DROPOUT_MODALITIES):
-        raise ValueError(f"--broad_dropout: {value!r} names no modality to drop, e.g. title:0.5")
     return out
 
 
@@ -86,12 +73,6 @@ class TrainingPairs(Dataset):
         self.seed = seed
         self.epoch = 0
         self.broad_dropout = dict(broad_dropout or {})
-        self.broad_dropout_start_epoch = 0
-
-    def schedule_broad_dropout(self, total_steps: int, steps_per_epoch: int) -> None:
-        """Broad dropout's first epoch: the first at or after its `start` share of `total_steps`."""
-        start = self.broad_dropout.get(BROAD_DROPOUT_START, 0.0)
-        self.broad_dropout_start_epoch = math.ceil(start * total_steps / steps_per_epoch)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,13 +100,8 @@ class TrainingPairs(Dataset):
 
     def drop_broad(self, index: int, row: dict) -> None:
         """Broad dropout, in place: a pair whose node is broader than its leaf loses its title (-> "") and /
-        or its image (-> grey, same size) as `broad_dropout_draws` decides for (seed, epoch, index), from
-        `broad_dropout_start_epoch` on."""
-        if (
-            not self.broad_dropout
-            or self.epoch < self.broad_dropout_start_epoch
-            or len(row["node"]) >= len(row["category"])
-        ):
+        or its image (-> grey, same size) as `broad_dropout_draws` decides for (seed, epoch, index)."""
+        if not self.broad_dropout or len(row["node"]) >= len(row["category"]):
             return
         draws = broad_dropout_draws(self.seed, self.epoch, index)
         if "title" in row and draws["title"] < self.broad_dropout.get("title", 0.0):

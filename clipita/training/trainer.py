@@ -221,7 +221,6 @@ class Trainer:
                 "(per-device batch x accumulation x processes): lower --per_device_train_batch_size"
             )
         self.total_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
-        self.pairs.schedule_broad_dropout(self.total_steps, steps_per_epoch)
         self.scheduler = get_scheduler(
             args.lr_scheduler,
             self.optimizer,
