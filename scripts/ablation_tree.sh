@@ -8,7 +8,8 @@
 #   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
 # Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),
 # BROAD_DROPOUT (default title:0.4, train.py's), ALSO_BROAD_DROPOUT (more rates to compare, space-separated, each
-# trained and read with tree scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go).
+# trained and read with tree scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go),
+# TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue).
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
 # evaluated again: delete the folder / the result to redo it.
 set -euo pipefail
@@ -19,6 +20,7 @@ DOCS=${TREE_ABLATION_DOCS:-docs}
 HARD_PRODUCTS=${HARD_PRODUCTS:-5000}
 BROAD=${BROAD_DROPOUT:-title:0.4}
 ALSO_BROAD=${ALSO_BROAD_DROPOUT:-}
+CATALOGUES=${TREE_ABLATION_CATALOGUES:-hard demo}
 SEEDS=0,1,2
 BUDGET=()
 while [ $# -gt 0 ]; do
@@ -58,9 +60,12 @@ evaluate() {  # dataset-name dataset run-name seed node-scoring row-name
     --model "$OUT/$ds/$name-s$seed" --node_scoring "$scoring" --output "$out"
 }
 
-for pair in "hard:$HARD" "demo:demo"; do
-  ds=${pair%%:*}
-  data=${pair#*:}
+for ds in $CATALOGUES; do
+  case $ds in
+    hard) data=$HARD ;;
+    demo) data=demo ;;
+    *) echo "error: TREE_ABLATION_CATALOGUES: unknown catalogue '$ds' (hard, demo)" >&2; exit 2 ;;
+  esac
   for seed in ${SEEDS//,/ }; do
     train "$ds" "$data" paper "$seed" --broad_dropout none
     train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD"
