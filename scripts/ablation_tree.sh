@@ -7,7 +7,7 @@
 #   bash scripts/ablation_tree.sh                                   # seeds 0,1,2, train.py's default budget
 #   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
 # Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),
-# BROAD_DROPOUT (default title:0.4, train.py's), ALSO_BROAD_DROPOUT (more rates to compare, space-separated, each
+# BROAD_DROPOUT (default title:0.25, train.py's), ALSO_BROAD_DROPOUT (more rates to compare, space-separated, each
 # trained and read with tree scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go),
 # TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue).
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${TREE_ABLATION_DIR:-outputs/ablation_tree}
 DOCS=${TREE_ABLATION_DOCS:-docs}
 HARD_PRODUCTS=${HARD_PRODUCTS:-5000}
-BROAD=${BROAD_DROPOUT:-title:0.4}
+BROAD=${BROAD_DROPOUT:-title:0.25}
 ALSO_BROAD=${ALSO_BROAD_DROPOUT:-}
 CATALOGUES=${TREE_ABLATION_CATALOGUES:-hard demo}
 SEEDS=0,1,2
