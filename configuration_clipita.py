@@ -14,7 +14,7 @@ VARIANTS = {
     "clip-ita": ["image", "title", "attributes"],
 }
 ATTRIBUTE_POOLINGS = ("mean", "attention")
-LOSSES = ("infonce", "multi_positive")
+LOSSES = ("infonce", "multi_positive", "path_positive")
 # The one temperature default: train.py's flags and the from-scratch model read these. CLIP's initial
 # temperature, learned; the paper keeps 1.0 fixed (contrastive_temperature=1.0, learnable_temperature=False).
 DEFAULT_TEMPERATURE = 0.07
@@ -34,8 +34,10 @@ class CLIPITAConfig(PretrainedConfig):
         head_dropout (`float`): dropout after each hidden layer of the heads.
         attribute_pooling (`str`): `"mean"` (paper) or `"attention"` (a learned query attends over the
             product's attributes: the paper's named future work).
-        loss_type (`str`): `"infonce"` (paper: bidirectional InfoNCE with in-batch negatives) or
-            `"multi_positive"` (products of the same category in a batch are positives, not negatives).
+        loss_type (`str`): `"infonce"` (paper: bidirectional InfoNCE with in-batch negatives),
+            `"multi_positive"` (products of the same category in a batch are not negatives of it) or
+            `"path_positive"` (no product is a negative of a category on its own path: its leaf or an
+            ancestor, as the evaluation's relevance has it).
         contrastive_temperature (`float`): initial softmax temperature (default: CLIP's 0.07; paper: 1.0).
         learnable_temperature (`bool`): learn the temperature (as CLIP's logit scale; default) or keep it
             fixed (paper).

@@ -88,19 +88,26 @@ def clipita_contrastive_loss(
     logit_scale: torch.Tensor | float,
     loss_lambda: float = 0.5,
     category_ids: torch.Tensor | None = None,
+    path_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bidirectional InfoNCE between aligned pairs (category_j, product_j) of a batch.
 
     L = mean_j [ lambda * l(p->c)_j + (1 - lambda) * l(c->p)_j ] (paper, eq. 3-5). With `category_ids`,
     the multi-positive variant: pairs k != j with the same category are removed from the
     denominators, so a product is never pushed away from its own category because another product
-    of that category shares the batch. Features may be gathered from several processes first.
+    of that category shares the batch. With `path_ids` too (`[B, D]`, the ids of each product's path
+    nodes, padded with -1), pairs k != j where category j lies on product k's path are removed: a product
+    is not a negative of its ancestors either, and a broad category is contrasted with the products
+    outside it, not with its own. Features may be gathered from several processes first.
     """
     logits = logit_scale * category_embeds @ product_embeds.t()  # [B, B]: category j vs product k
     if category_ids is not None:
-        same = category_ids[:, None] == category_ids[None, :]
-        same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+        if path_ids is None:
+            positive = category_ids[:, None] == category_ids[None, :]
+        else:
+            positive = (category_ids[:, None, None] == path_ids[None, :, :]).any(dim=-1)
+        positive.fill_diagonal_(False)
+        logits = logits.masked_fill(positive, torch.finfo(logits.dtype).min)
     targets = torch.arange(logits.shape[0], device=logits.device)
     loss_category_to_product = F.cross_entropy(logits, targets)
     loss_product_to_category = F.cross_entropy(logits.t(), targets)
@@ -683,6 +690,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         category_input_ids: torch.Tensor | None = None,
         category_attention_mask: torch.Tensor | None = None,
         category_ids: torch.Tensor | None = None,
+        path_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | CLIPITAOutput:
@@ -690,6 +698,8 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
 
         category_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*): integer id of each pair's
             category; used by the `multi_positive` loss so that same-category pairs are not negatives.
+        path_ids (`torch.LongTensor` of shape `(batch_size, depth)`, *optional*): ids (as `category_ids`)
+            of the nodes on each product's path, padded with -1; used by the `path_positive` loss.
         return_loss (`bool`, *optional*): whether to return the contrastive loss.
         kwargs: transformers' keyword arguments (`output_attentions`, `output_hidden_states`, ...), passed
             on to every CLIP tower call; their results are in the `*_model_output` fields.
@@ -720,7 +730,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
                     f"return_loss pairs category j with product j, got {category_embeds.shape[0]} categories "
                     f"and {product_embeds.shape[0]} products"
                 )
-            loss = self.contrastive_loss(category_embeds, product_embeds, category_ids)
+            loss = self.contrastive_loss(category_embeds, product_embeds, category_ids, path_ids)
         return CLIPITAOutput(
             loss=loss,
             logits_per_category=logits_per_category,
@@ -741,12 +751,18 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         category_embeds: torch.Tensor,
         product_embeds: torch.Tensor,
         category_ids: torch.Tensor | None = None,
+        path_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The configured loss on (possibly gathered) normalised embeddings; with `matryoshka_dims`, the mean
         of the loss at the full size and at each nested size (the first `d` dimensions, renormalised)."""
-        if self.config.loss_type == "multi_positive" and category_ids is None:
+        loss_type = self.config.loss_type
+        if loss_type != "infonce" and category_ids is None:
             raise ValueError(
-                "loss_type='multi_positive' needs category_ids (one integer id per pair's category)"
+                f"loss_type={loss_type!r} needs category_ids (one integer id per pair's category)"
+            )
+        if loss_type == "path_positive" and path_ids is None:
+            raise ValueError(
+                "loss_type='path_positive' needs path_ids (the ids of each product's path nodes)"
             )
 
         def loss(categories: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
@@ -755,7 +771,8 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
                 products,
                 self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
                 loss_lambda=self.config.loss_lambda,
-                category_ids=category_ids if self.config.loss_type == "multi_positive" else None,
+                category_ids=category_ids if loss_type != "infonce" else None,
+                path_ids=path_ids if loss_type == "path_positive" else None,
             )
 
         nested = getattr(self.config, "matryoshka_dims", None) or []

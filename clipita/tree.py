@@ -86,8 +86,11 @@ class NodeVocabulary:
 
     def __init__(self, paths: Iterable[Sequence[str]]):
         self.ids: dict[Node, int] = {}
+        self.max_depth = 0  # the deepest path: the width of every batch's `path_ids`, on every process
         for path in paths:
-            for node in category_nodes(path):
+            nodes = category_nodes(path)
+            self.max_depth = max(self.max_depth, len(nodes))
+            for node in nodes:
                 self.ids.setdefault(node, len(self.ids))
 
     def __len__(self) -> int:
@@ -96,6 +99,15 @@ class NodeVocabulary:
     def __getitem__(self, node: Sequence[str]) -> int:
         # A node outside the training tree still gets a stable id.
         return self.ids.setdefault(tuple(node), len(self.ids))
+
+    def path_ids(self, path: Sequence[str]) -> list[int]:
+        """The ids of a path's nodes, root first, padded with -1 to `max_depth`."""
+        ids = [self[node] for node in category_nodes(path)]
+        if len(ids) > self.max_depth:
+            raise ValueError(
+                f"category path {list(path)} is deeper than the training tree ({self.max_depth})"
+            )
+        return ids + [-1] * (self.max_depth - len(ids))
 
 
 class CategoryTree:

@@ -112,6 +112,38 @@ def test_multi_positive_loss_drops_same_category_negatives():
     assert not torch.allclose(got, clipita_contrastive_loss(c, p, 1.0))
 
 
+def test_path_positive_loss_drops_the_negatives_on_each_products_path():
+    torch.manual_seed(0)
+    c = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    p = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    # nodes: 0 Home, 1 Home>Kitchen, 2 Home>Kitchen>Mugs, 3 Fashion, 4 Fashion>Shoes
+    paths = torch.tensor([[0, 1, 2], [0, 1, -1], [3, 4, -1], [0, 1, 2]])
+    ids = torch.tensor([2, 0, 4, 1])  # pair 1 is Home, pair 3 Home>Kitchen: on products 0's and 3's paths
+    sims = c @ p.t()
+    on_path = torch.tensor(
+        [
+            [False, False, False, True],
+            [True, False, False, True],
+            [False, False, False, False],
+            [True, True, False, False],
+        ]
+    )  # category j on product k's path, k != j
+    e = torch.exp(sims) * ~on_path
+    l_cp = -torch.log(torch.exp(sims.diag()) / e.sum(1))
+    l_pc = -torch.log(torch.exp(sims.diag()) / e.sum(0))
+    expected = (0.5 * l_pc + 0.5 * l_cp).mean()
+    got = clipita_contrastive_loss(c, p, 1.0, category_ids=ids, path_ids=paths)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, clipita_contrastive_loss(c, p, 1.0, category_ids=ids))
+
+
+def test_path_positive_loss_needs_the_paths():
+    model, _ = tiny_model(loss_type="path_positive")
+    c = torch.nn.functional.normalize(torch.randn(2, model.config.projection_dim), dim=-1)
+    with pytest.raises(ValueError, match="path_ids"):
+        model.contrastive_loss(c, c, torch.tensor([0, 1]))
+
+
 @pytest.mark.slow  # a fresh interpreter
 def test_save_and_load_as_remote_code_in_a_clean_process(tmp_path):
     model, processor = tiny_model()

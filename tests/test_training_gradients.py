@@ -63,10 +63,12 @@ def test_one_batch_step_is_the_models_loss():
     assert "logit_scale" in grads  # the learnable temperature is trained too
 
 
-@pytest.mark.parametrize("loss_type", ["infonce", "multi_positive"])
-def test_feature_cache_accumulation_equals_one_big_batch(loss_type):
+@pytest.mark.parametrize(
+    ("loss_type", "level"), [("infonce", "general"), ("multi_positive", "general"), ("path_positive", "all")]
+)
+def test_feature_cache_accumulation_equals_one_big_batch(loss_type, level):
     model, processor = tiny_model(loss_type=loss_type)
-    batch = fixed_batch(model, processor)
+    batch = fixed_batch(model, processor, level=level)
     big_loss, big = step_gradients(model, [batch])
     cached_loss, cached = step_gradients(model, split(batch, 4))
     assert cached_loss == pytest.approx(big_loss, abs=1e-5)
@@ -90,7 +92,9 @@ def test_feature_cache_accumulation_replays_dropout():
 
     torch.manual_seed(123)
     reference = copy.deepcopy(model)
-    outputs = [reference(**{k: v for k, v in m.items() if k != "category_ids"}) for m in micro]
+    outputs = [
+        reference(**{k: v for k, v in m.items() if k not in ("category_ids", "path_ids")}) for m in micro
+    ]
     loss = reference.contrastive_loss(
         torch.cat([o.category_embeds for o in outputs]),
         torch.cat([o.product_embeds for o in outputs]),
@@ -124,8 +128,8 @@ def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    model, processor = tiny_model(loss_type="multi_positive")
-    batch = fixed_batch(model, processor, size=8)
+    model, processor = tiny_model(loss_type="path_positive")
+    batch = fixed_batch(model, processor, size=8, level="all")
     # one process, the whole global batch, every text encoded (the processes deduplicate their own rows)
     loss, grads = step_gradients(without_deduplication(model), [batch])
     for accumulation in (1, 2):

@@ -66,7 +66,14 @@ def test_collator_builds_model_inputs_and_category_ids():
     roots = [r[0] for r in rows["category"]]
     ids = batch["category_ids"].tolist()
     assert all((ids[i] == ids[j]) == (roots[i] == roots[j]) for i in range(12) for j in range(12))
-    out = model(**{k: v for k, v in batch.items() if k not in ("category_ids", "num_skipped")})
+    paths = batch["path_ids"].tolist()  # every node of each product's path, root first, -1 padded
+    assert batch["path_ids"].shape == (12, vocabulary.max_depth)
+    assert all(
+        path[: len(p)] == [vocabulary[tuple(p[: k + 1])] for k in range(len(p))]
+        for path, p in zip(paths, rows["category"])
+    )
+    assert all(path[0] == ids[i] for i, path in enumerate(paths))  # "general": the pair's node is the root
+    out = model(**{k: v for k, v in batch.items() if k not in ("category_ids", "path_ids", "num_skipped")})
     assert out.product_embeds.shape[0] == 12
 
 

@@ -129,7 +129,8 @@ class EpochSampler(Sampler[int]):
 
 
 class PairCollator:
-    """Rows -> processor tensors for the model's modalities, plus `category_ids` and a skipped-row count."""
+    """Rows -> processor tensors for the model's modalities, plus `category_ids` (each pair's node),
+    `path_ids` (each product's path nodes) and a skipped-row count."""
 
     def __init__(self, processor, vocabulary: NodeVocabulary, modalities: Sequence[str]):
         self.processor = processor
@@ -146,5 +147,6 @@ class PairCollator:
             inputs["attributes"] = [row["attributes"] or [] for row in rows]
         batch = dict(self.processor(**inputs, return_tensors="pt"))
         batch["category_ids"] = torch.tensor([self.vocabulary[row["node"]] for row in rows])
+        batch["path_ids"] = torch.tensor([self.vocabulary.path_ids(row["category"]) for row in rows])
         batch["num_skipped"] = torch.tensor(sum(row["skipped"] for row in rows))
         return batch

@@ -22,7 +22,7 @@ import torch
 
 from clipita.training.distributed import gather_labels, gather_with_local_grad
 
-LABEL_KEY = "category_ids"
+LABEL_KEYS = ("category_ids", "path_ids")  # what the loss reads beside the embeddings
 
 
 class RandomState:
@@ -45,28 +45,36 @@ class RandomState:
 
 
 def _encode(model, accelerator, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    inputs = {k: v for k, v in batch.items() if k != LABEL_KEY}
+    inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
     with accelerator.autocast():
         out = model(**inputs)
     return out.category_embeds.float(), out.product_embeds.float(), out.logits_per_category
 
 
-def _global_loss(unwrapped, accelerator, category_embeds, product_embeds, labels) -> torch.Tensor:
+def _global_loss(unwrapped, accelerator, category_embeds, product_embeds, labels: dict) -> torch.Tensor:
     return unwrapped.contrastive_loss(
         gather_with_local_grad(category_embeds, accelerator),
         gather_with_local_grad(product_embeds, accelerator),
-        gather_labels(labels, accelerator),
+        **{key: gather_labels(value, accelerator) for key, value in labels.items()},
     )
+
+
+def _labels(micro_batches: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        key: torch.cat([batch[key] for batch in micro_batches])
+        for key in LABEL_KEYS
+        if key in micro_batches[0]
+    }
 
 
 def contrastive_step(accelerator, model, micro_batches: list[dict]) -> torch.Tensor:
     """Accumulate into `.grad` the gradient of the contrastive loss over all micro-batches of all processes;
-    return that loss (detached). Batches hold the processor's tensors and `category_ids`."""
+    return that loss (detached). Batches hold the processor's tensors and the `LABEL_KEYS`."""
     unwrapped = accelerator.unwrap_model(model)
     if len(micro_batches) == 1:
         batch = micro_batches[0]
         category_embeds, product_embeds, _ = _encode(model, accelerator, batch)
-        loss = _global_loss(unwrapped, accelerator, category_embeds, product_embeds, batch[LABEL_KEY])
+        loss = _global_loss(unwrapped, accelerator, category_embeds, product_embeds, _labels(micro_batches))
         accelerator.backward(loss)
         return loss.detach()
 
@@ -81,7 +89,7 @@ def contrastive_step(accelerator, model, micro_batches: list[dict]) -> torch.Ten
     sizes = [c.shape[0] for c in categories]
     category_cache = torch.cat(categories).requires_grad_()
     product_cache = torch.cat(products).requires_grad_()
-    labels = torch.cat([batch[LABEL_KEY] for batch in micro_batches])
+    labels = _labels(micro_batches)
 
     # 2. the loss over the whole (global) batch and its gradient w.r.t. the cache and the temperature
     loss = _global_loss(unwrapped, accelerator, category_cache, product_cache, labels)

@@ -35,9 +35,9 @@ def main() -> None:
         raise SystemExit(
             f"expected 2 processes, got {accelerator.num_processes} ({accelerator.distributed_type})"
         )
-    model, processor = tiny_model(loss_type="multi_positive")
+    model, processor = tiny_model(loss_type="path_positive")  # labels of both kinds gathered
     freeze_towers(model, vision=False, text=False)  # the training setup: CLIP's unused logit_scale locked
-    batch = fixed_batch(model, processor, size=8)
+    batch = fixed_batch(model, processor, size=8, level="all")
     half = 4
     rank = accelerator.process_index
     local = {k: v.to(accelerator.device) for k, v in rows_of(batch, rank * half, (rank + 1) * half).items()}
