@@ -9,7 +9,9 @@
 # Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),
 # BROAD_DROPOUT (default title:0.25, train.py's), ALSO_BROAD_DROPOUT (more rates to compare, space-separated, each
 # trained and read with tree scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go),
-# TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue).
+# TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue), ALSO_LOSS (losses
+# read with tree scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD): e.g.
+# "path_positive path_positive=title:0.4").
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
 # evaluated again: delete the folder / the result to redo it.
 set -euo pipefail
@@ -20,6 +22,7 @@ DOCS=${TREE_ABLATION_DOCS:-docs}
 HARD_PRODUCTS=${HARD_PRODUCTS:-5000}
 BROAD=${BROAD_DROPOUT:-title:0.25}
 ALSO_BROAD=${ALSO_BROAD_DROPOUT:-}
+ALSO_LOSS=${ALSO_LOSS:-}
 CATALOGUES=${TREE_ABLATION_CATALOGUES:-hard demo}
 SEEDS=0,1,2
 BUDGET=()
@@ -77,6 +80,15 @@ for ds in $CATALOGUES; do
     for spec in $ALSO_BROAD; do
       train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec"
       evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" tree "broad dropout $spec + tree"
+    done
+    for entry in $ALSO_LOSS; do
+      loss=${entry%%=*}
+      spec=$BROAD name="broad-dropout-$loss" row="broad dropout + $loss + tree"
+      if [ "$entry" != "$loss" ]; then
+        spec=${entry#*=} name="broad-dropout-${spec//[:,]/-}-$loss" row="broad dropout ${entry#*=} + $loss + tree"
+      fi
+      train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss"
+      evaluate "$ds" "$data" "$name" "$seed" tree "$row"
     done
   done
 done
