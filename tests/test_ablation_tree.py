@@ -44,3 +44,14 @@ def test_rows_are_compared_with_the_paper_seed_by_seed(tmp_path):
     root = cells[1 + [name for name, _, _ in script.TARGETS].index("root mAP@10")]
     assert root.startswith("+0.200") and root.endswith("[ok]")  # against seed 1 only (by position: -0.300)
     assert "| paper (2 seeds) |" in script.table(found, "cmd")
+
+
+def test_placement_by_cue_knows_each_hard_groups_attribute():
+    spec = importlib.util.spec_from_file_location(
+        "placement_by_cue", ROOT / "scripts" / "placement_by_cue.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keys = module.group_attribute_keys()
+    assert len(keys) == 9 and len(set(keys.values())) == 9  # one attribute per middle group, none shared
+    assert keys[("Home", "Kitchen & Dining")] == "food contact"
