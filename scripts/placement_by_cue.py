@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{len(rows)} test products of leaves unseen in training; {has_cue.sum()} carry their group's attribute"
     )
+    images = list(rows["image"])  # decoded once, encoded by every model
     for folder in args.model:
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
         nodes = model.encode_categories([list(g) for g in groups], show_progress_bar=False)
-        images = list(rows["image"])
         full = model.encode_products(images, rows["title"], rows["attributes"], show_progress_bar=False)
         untitled = model.encode_products(
             images, [""] * len(rows), rows["attributes"], show_progress_bar=False
