@@ -17,7 +17,7 @@ Prints a table shaped like the paper's Table 1 and writes results.json:
                                split): the mean share of a seen leaf's top 10 taken by products of
                                its unseen sibling leaves, over all seen leaves / those with an unseen sibling}},
      "per_depth": (model runs with a train split) {
-         "node_scoring": "tree" | "max_leaf" | "node",
+         "node_scoring": "marginal" | "tree" | "max_leaf" | "node",
          "retrieval": {"root" | "depth2" | ... | "leaf": {
              "all" | "seen" | "unseen" | "known_leaves" | "new_leaves": {"P@10", "mAP@10": value in [0, 1],
                                                                         "num_queries": n} or null}},

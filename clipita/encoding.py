@@ -254,7 +254,8 @@ def product_encoder(model, processor=None, batch_size: int = 64) -> EncodeBatch:
 
 def softmax_temperature(model) -> float:
     """The temperature of a CLIP-ITA model's contrastive softmax, 1 / exp(logit_scale) clamped as the loss
-    clamps it: what "tree" node scoring (`clipita.tree.tree_posterior`) reads the category softmax at.
+    clamps it: what "tree" and "marginal" node scoring (`clipita.tree.node_scores`) read the category softmax
+    at.
     `model.logit_scale`: a tensor (PyTorch) or a float (`clipita.onnx_encoder.OnnxEncoder`)."""
     from modeling_clipita import MAX_LOGIT_SCALE
 

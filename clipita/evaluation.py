@@ -350,8 +350,8 @@ def per_depth_report(
     """Retrieval and placement at every depth of the tree, so no level's gap hides inside "all".
 
     `nodes`: every node of the catalogue's tree (all splits); each row of `node_embeds` is one. Scores are
-    cosine similarities read through `clipita.tree.node_scores(node_scoring)` (seen descendants only;
-    "tree" needs the model's `temperature`).
+    cosine similarities read through `clipita.tree.node_scores(node_scoring)` ("max_leaf" and "tree": seen
+    descendants only; "tree" and "marginal" need the model's `temperature`).
     Retrieval, per depth: P@10 / mAP@10 over that depth's queries present in the products, all / seen /
     unseen; for broad (non-leaf) depths also "known_leaves" / "new_leaves": relevance limited to products
     whose leaf was (not) seen in training, the other relevant products taken out of the ranking. Placement,

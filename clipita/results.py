@@ -4,7 +4,7 @@
      "num_skipped": n, "settings": {level: {"overall" | "seen" | "unseen": {metric: value in [0, 1] or null},
                                             "num_queries": {...}, "error_analysis": {...},
                                             "sibling_confusion": {...} (specific only)}},
-     "per_depth": (optional; model runs) {"node_scoring": "tree" | "max_leaf" | "node",
+     "per_depth": (optional; model runs) {"node_scoring": "marginal" | "tree" | "max_leaf" | "node",
          "retrieval": {depth: {"all" | "seen" | "unseen" | "known_leaves" | "new_leaves":
                                {"P@10", "mAP@10": value in [0, 1], "num_queries": n} or null}},
          "placement" | "path_placement": {depth: {"known" | "new": {"top1", "top3": value in [0, 1],

@@ -189,14 +189,20 @@ class PathIndex:
 # "max_leaf": the max of the node's own score and its seen descendant leaves' scores, so a broad node ranks
 # a product at least as high as the best leaf of its subtree that training taught. "tree": max_leaf, then a
 # broad node's score is read against the other nodes of its depth, per product (`tree_posterior`): a product
-# that scores high for every broad node (a hub) no longer tops them all. Leaves keep their own score.
+# that scores high for every broad node (a hub) no longer tops them all. "marginal": a broad node's probability
+# for the product, the mean of two readings of the same softmax the loss trains (`marginal_posterior`): the node
+# among the nodes of its depth, and the summed probability of its subtree's leaves among all leaves. Unlike a
+# max, the sum counts every leaf below, new ones too. Leaves keep their own score.
 NODE_SCORINGS = {
     "node": "a node's own score (the paper)",
     "max_leaf": "max of a node's own score and its seen descendant leaves' scores",
     "tree": "max_leaf, then for a broad node the product's log-probability of that node among the nodes of "
     "its depth (the model's temperature); leaves keep their own score",
+    "marginal": "for a broad node the product's log-probability of it: the mean of its softmax among the "
+    "nodes of its depth and its leaves' summed softmax among all leaves (the model's temperature); leaves "
+    "keep their own score",
 }
-DEFAULT_NODE_SCORING = "tree"
+DEFAULT_NODE_SCORING = "marginal"
 
 
 def check_node_scoring(scoring: str) -> str:
@@ -220,15 +226,17 @@ def leaves_of(nodes: Iterable[Node]) -> list[Node]:
 def scoring_nodes(
     node: Sequence[str], nodes: Iterable[Node], scoring: str, seen: set[Node] | None = None
 ) -> list[Node]:
-    """The nodes whose scores a node's score is the max of: itself, and under "max_leaf" its descendant
-    leaves among `nodes` that are in `seen` (None: every one)."""
+    """The nodes a node's score reads: itself, and its descendant leaves among `nodes`: under "max_leaf" and
+    "tree" those in `seen` (None: every one), under "marginal" every one."""
     node = tuple(node)
     if check_node_scoring(scoring) == "node":
-        return [node]  # "max_leaf" and "tree" both start from the max over the subtree's seen leaves
+        return [node]
     below = [
         leaf
         for leaf in leaves_of(nodes)
-        if len(leaf) > len(node) and leaf[: len(node)] == node and (seen is None or leaf in seen)
+        if len(leaf) > len(node)
+        and leaf[: len(node)] == node
+        and (seen is None or scoring == "marginal" or leaf in seen)
     ]
     return [node, *below]
 
@@ -241,11 +249,17 @@ def node_scores(
     temperature: float | None = None,
 ) -> np.ndarray:
     """Hierarchy-consistent scores [len(nodes), N] from raw scores [len(nodes), N] (row i: node i's score of
-    each product): each row the max over its `scoring_nodes`; under "tree" then `tree_posterior`, which
-    needs the model's softmax `temperature`."""
+    each product): each row the max over its `scoring_nodes`, under "tree" then `tree_posterior`; under
+    "marginal" `marginal_posterior`. Both need the model's softmax `temperature`."""
     nodes = [tuple(n) for n in nodes]
     if check_node_scoring(scoring) == "node":
         return scores
+    if scoring in ("tree", "marginal") and (temperature is None or not temperature > 0):
+        raise ValueError(
+            f'node scoring "{scoring}" needs the model\'s temperature (> 0), got {temperature!r}'
+        )
+    if scoring == "marginal":
+        return marginal_posterior(scores, nodes, temperature)
     position = {n: i for i, n in enumerate(nodes)}
     out = np.array(scores, copy=True)
     for i, node in enumerate(nodes):
@@ -253,10 +267,42 @@ def node_scores(
         if len(rows) > 1:
             out[i] = np.max(scores[rows], axis=0)
     if scoring == "tree":
-        if temperature is None or not temperature > 0:
-            raise ValueError(f'node scoring "tree" needs the model\'s temperature (> 0), got {temperature!r}')
         out = tree_posterior(out, nodes, temperature)
     return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0, in float64 (cosines over a temperature >= 0.01 stay well inside its range)."""
+    x = np.exp(logits - logits.max(axis=0))
+    return x / x.sum(axis=0)
+
+
+def marginal_posterior(scores: np.ndarray, nodes: Sequence[Node], temperature: float) -> np.ndarray:
+    """Broad nodes' rows [len(nodes), N] -> temperature * log P(node | product), P the mean of the node's
+    softmax among the nodes of its depth and the summed softmax of its descendant leaves among all leaves
+    (every leaf of `nodes`, seen in training or not), both at the model's temperature; leaves' rows
+    unchanged. Each reading is a posterior the loss trains (broad pairs, leaf pairs); a product that no
+    leaf of a node claims cannot top that node on the node's own score alone, and a new leaf's products
+    count for its parent as soon as the tree holds it."""
+    nodes = [tuple(n) for n in nodes]
+    position = {n: i for i, n in enumerate(nodes)}
+    raw = np.asarray(scores, dtype=np.float64) / temperature
+    leaves = leaves_of(nodes)
+    leaf_probability = _softmax(raw[[position[leaf] for leaf in leaves]])  # [L, N]
+    out = np.array(scores, dtype=np.float64, copy=True)
+    by_depth: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        by_depth[len(n)].append(i)
+    broad = {n[:-1] for n in nodes if len(n) > 1}
+    for rows in by_depth.values():
+        depth_probability = _softmax(raw[rows])
+        for j, i in enumerate(rows):
+            node = nodes[i]
+            if node in broad:
+                below = [k for k, leaf in enumerate(leaves) if leaf[: len(node)] == node]
+                mass = leaf_probability[below].sum(axis=0)
+                out[i] = temperature * np.log(0.5 * depth_probability[j] + 0.5 * mass)
+    return out.astype(np.asarray(scores).dtype, copy=False)
 
 
 def tree_posterior(scores: np.ndarray, nodes: Sequence[Node], temperature: float) -> np.ndarray:

@@ -19,7 +19,15 @@ import numpy as np
 
 from clipita.results import check_result
 
-ROW_ORDER = ("paper", "paper + max_leaf", "paper + tree", "broad dropout", "broad dropout + tree")
+ROW_ORDER = (
+    "paper",
+    "paper + max_leaf",
+    "paper + tree",
+    "paper + marginal",
+    "broad dropout",
+    "broad dropout + tree",
+    "broad dropout + marginal",
+)
 
 
 def columns(report: dict) -> list[tuple[str, tuple[str, ...]]]:

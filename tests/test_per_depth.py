@@ -66,6 +66,44 @@ def test_tree_scoring_ranks_a_broad_node_by_the_products_posterior_and_keeps_lea
         node_scores(raw, NODES, "tree", seen)
 
 
+def test_marginal_scoring_is_the_mean_of_the_depth_and_the_leaf_posteriors():
+    rng = np.random.default_rng(1)
+    raw = rng.normal(scale=0.3, size=(len(NODES), 6)).astype(np.float32)
+    tau = 0.05
+    out = node_scores(raw, NODES, "marginal", seen={("A", "x", "1")}, temperature=tau)
+
+    def softmax(rows):
+        x = np.exp(raw[rows].astype(np.float64) / tau)
+        return x / x.sum(axis=0)
+
+    leaves = [2, 3, 5, 8]
+    leaf = dict(zip(leaves, softmax(leaves)))
+    roots, middles = [0, 6], [1, 4, 7]
+    below = {0: [2, 3, 5], 6: [8], 1: [2, 3], 4: [5], 7: [8]}  # every leaf below, seen or not
+    for rows in (roots, middles):
+        depth = dict(zip(rows, softmax(rows)))
+        for i in rows:
+            probability = 0.5 * depth[i] + 0.5 * sum(leaf[k] for k in below[i])
+            np.testing.assert_allclose(out[i], tau * np.log(probability), rtol=1e-5)
+    np.testing.assert_allclose(out[leaves], raw[leaves])  # leaves keep their own score
+    assert out.dtype == raw.dtype and (out[[0, 1, 4, 6, 7]] < 0).all()  # log-probabilities
+    assert scoring_nodes(("A",), NODES, "marginal", seen={("A", "x", "1")}) == [
+        ("A",),
+        *[NODES[k] for k in below[0]],
+    ]
+    with pytest.raises(ValueError, match="needs the model's temperature"):
+        node_scores(raw, NODES, "marginal")
+
+
+def test_marginal_scoring_ranks_a_product_its_leaves_claim_above_one_only_the_node_claims():
+    """Product 0 is a hub for the broad node A's own text; product 1 is claimed by A's leaf. The node's own
+    score puts the hub first; the subtree's leaves reverse it."""
+    nodes = [("A",), ("A", "x"), ("B",), ("B", "y")]
+    raw = np.array([[0.70, 0.60], [0.10, 0.90], [0.65, 0.20], [0.60, 0.10]])
+    out = node_scores(raw, nodes, "marginal", temperature=0.05)
+    assert raw[0].argmax() == 0 and out[0].argmax() == 1
+
+
 def test_tree_scoring_stops_a_hub_product_from_topping_every_broad_node():
     """Product 0 is close to every root (a hub); products 1 and 2 each belong clearly to one root. By the raw
     score the hub tops both roots; read against its own depth it ranks below each root's own product."""

@@ -194,24 +194,28 @@ def test_max_leaf_node_scoring_ranks_a_broad_query_by_its_best_leaf(built, capsy
     assert [r["score"] for r in rows] == pytest.approx([s for _, s in expected], abs=1e-5)
 
 
-def test_tree_node_scoring_by_default_equals_the_dense_tree_scores(built, capsys):
-    """The default "tree" scoring of a broad query: on an index under TREE_CANDIDATES products every product
-    is re-scored, so its top k equals `clipita.tree.node_scores` over the dense [nodes, products] scores."""
+@pytest.mark.parametrize("scoring", [None, "tree"])
+def test_posterior_node_scoring_equals_the_dense_scores(built, capsys, scoring):
+    """The default "marginal" scoring of a broad query, and "tree": on an index under TREE_CANDIDATES products
+    every product is re-scored, so its top k equals `clipita.tree.node_scores` over the dense [nodes,
+    products] scores."""
     tmp, index, _ = built
     from clipita.encoding import softmax_temperature
     from clipita.index import CatalogueIndex
     from clipita.index.catalogue_index import TREE_CANDIDATES
     from clipita.loading import load_model
-    from clipita.tree import node_scores
+    from clipita.tree import DEFAULT_NODE_SCORING, node_scores
 
+    assert DEFAULT_NODE_SCORING == "marginal"
     loaded = CatalogueIndex.load(index)
     assert len(loaded) < TREE_CANDIDATES
     model, _ = load_model(tmp / "model32")
     nodes = loaded.category_tree().nodes()
     raw = model.encode_categories([list(n) for n in nodes]) @ np.asarray(loaded.embeddings).T
-    dense = node_scores(raw, nodes, "tree", temperature=softmax_temperature(model))
+    dense = node_scores(raw, nodes, scoring or DEFAULT_NODE_SCORING, temperature=softmax_temperature(model))
+    flags = ["--node_scoring", scoring] if scoring else []
     for node in (nodes[0], next(n for n in nodes if len(n) == 2)):
-        rows = run_query(capsys, index, "--k", "5", " > ".join(node))
+        rows = run_query(capsys, index, "--k", "5", *flags, " > ".join(node))
         expected = np.sort(dense[nodes.index(node)])[::-1][:5]
         assert [r["score"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-5)
         assert all(r["score"] < 0 for r in rows)  # temperature * log P(node | product) < 0

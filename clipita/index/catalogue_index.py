@@ -491,8 +491,8 @@ def check_queries(categories: str | Sequence[str]) -> list[str]:
     return texts
 
 
-# Under "tree" node scoring, about how many products are re-scored for a query: the top of the named node's
-# list and of each of its scoring leaves' lists, each list at least k long. The re-scoring is exact on them;
+# Under "tree" and "marginal" node scoring, about how many products are re-scored for a query: the top of the
+# named node's list and of each of its scoring leaves' lists, each list at least k long. The re-scoring is exact on them;
 # a product in none of those lists is not considered (evaluation, which scores every product, measures the
 # dense ranking).
 TREE_CANDIDATES = 1000
@@ -513,8 +513,9 @@ def search(
     """Category text(s) -> ranked products per text, via `model.encode_categories` and the index
     (`filters` and `synonyms` as in `CatalogueIndex.search`). A text that names nodes of the index's tree
     is scored under ``node_scoring`` (`clipita.tree.node_scores`; its score is the best of the nodes it
-    names): "max_leaf" is exact (each leaf's list is a top k), "tree" re-scores the union of the named
-    nodes' and their leaves' top `TREE_CANDIDATES` lists. Other texts, and "node", score by the text."""
+    names): "max_leaf" is exact (each leaf's list is a top k), "tree" and "marginal" re-score the union of
+    the named nodes' and their leaves' top `TREE_CANDIDATES` lists. Other texts, and "node", score by the
+    text."""
     texts = check_queries(categories)
     if isinstance(index, (str, os.PathLike)):
         index = CatalogueIndex.load(index)
@@ -537,7 +538,8 @@ def search(
             f"--node_scoring {node_scoring} needs the index folder's category tree, not {index.path}"
         )
     tree = index.category_tree()
-    temperature = softmax_temperature(model) if node_scoring == "tree" else None
+    posterior = node_scoring in ("tree", "marginal")  # a broad node read against every node of the tree
+    temperature = softmax_temperature(model) if posterior else None
     out = []
     for text in texts:
         named = tree.nodes_named(text)
@@ -545,7 +547,7 @@ def search(
             out += index.search(encode([text]), k, filters, synonyms, category=category)
             continue
         lists = list(dict.fromkeys(m for n in named for m in scoring_nodes(n, tree.nodes(), node_scoring)))
-        if node_scoring == "tree":  # a broad node is read against every node of its depth
+        if posterior:
             nodes = tree.nodes()
             node_embeds = index.node_embeddings(
                 model, processor, lambda: encode([list(n) for n in tree.nodes()])
@@ -554,7 +556,7 @@ def search(
             nodes = lists
             node_embeds = encode([list(n) for n in nodes])
         position = {n: i for i, n in enumerate(nodes)}
-        fetch = max(k, TREE_CANDIDATES // len(lists)) if node_scoring == "tree" else k
+        fetch = max(k, TREE_CANDIDATES // len(lists)) if posterior else k
         _, ids = index.search_rows(
             node_embeds[[position[m] for m in lists]], fetch, filters, synonyms, category
         )
