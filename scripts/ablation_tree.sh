@@ -2,16 +2,16 @@
 # Issue 13 ablation: new product types under the right parent, on BOTH generated catalogues (the demo one
 # and `python -m clipita.catalogue --layout hard`), per depth, seen / unseen, new / known product types.
 # Rows: the paper's recipe (--broad_dropout none --loss infonce) read with each --node_scoring (node: the paper;
-# max_leaf; tree: the default), and broad dropout (train.py's default) read with node and tree. Every row is
-# trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean and the spread (min-max) over
-# seeds (levels with few queries are noisy).
+# max_leaf; tree; marginal: the default), and broad dropout (train.py's default) read with node, tree and
+# marginal. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean and
+# the spread (min-max) over seeds (levels with few queries are noisy).
 #   bash scripts/ablation_tree.sh                                   # seeds 0,1,2, train.py's default budget
 #   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
 # Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),
 # BROAD_DROPOUT (default title:0.25, train.py's), ALSO_BROAD_DROPOUT (more rates, space-separated, each read with
-# tree scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go),
+# marginal scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go),
 # TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue), ALSO_LOSS (rows of
-# another loss, read with tree scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD), e.g.
+# another loss, read with marginal scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD), e.g.
 # "path_positive path_positive=title:0.25,image:0.5"). Rows without a LOSS train with --loss infonce.
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
 # evaluated again: delete the folder / the result to redo it.
@@ -76,20 +76,22 @@ for ds in $CATALOGUES; do
     evaluate "$ds" "$data" paper "$seed" node "paper"
     evaluate "$ds" "$data" paper "$seed" max_leaf "paper + max_leaf"
     evaluate "$ds" "$data" paper "$seed" tree "paper + tree"
+    evaluate "$ds" "$data" paper "$seed" marginal "paper + marginal"
     evaluate "$ds" "$data" broad-dropout "$seed" node "broad dropout"
     evaluate "$ds" "$data" broad-dropout "$seed" tree "broad dropout + tree"
+    evaluate "$ds" "$data" broad-dropout "$seed" marginal "broad dropout + marginal"
     for spec in $ALSO_BROAD; do
       train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec" --loss infonce
-      evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" tree "broad dropout $spec + tree"
+      evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" marginal "broad dropout $spec + marginal"
     done
     for entry in $ALSO_LOSS; do
       loss=${entry%%=*}
-      spec=$BROAD name="broad-dropout-$loss" row="broad dropout + $loss + tree"
+      spec=$BROAD name="broad-dropout-$loss" row="broad dropout + $loss + marginal"
       if [ "$entry" != "$loss" ]; then
-        spec=${entry#*=} name="broad-dropout-${spec//[:,]/-}-$loss" row="broad dropout ${entry#*=} + $loss + tree"
+        spec=${entry#*=} name="broad-dropout-${spec//[:,]/-}-$loss" row="broad dropout ${entry#*=} + $loss + marginal"
       fi
       train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss"
-      evaluate "$ds" "$data" "$name" "$seed" tree "$row"
+      evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
     done
   done
 done
