@@ -13,6 +13,8 @@
 # TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue), ALSO_LOSS (rows of
 # another loss, read with marginal scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD), e.g.
 # "path_positive path_positive=title:0.25,image:0.5"). Rows without a LOSS train with --loss infonce.
+# ALSO_POOLING: rows with another --attribute_pooling (e.g. "attention"), default broad dropout, read with
+# marginal scoring.
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
 # evaluated again: delete the folder / the result to redo it.
 set -euo pipefail
@@ -24,6 +26,7 @@ HARD_PRODUCTS=${HARD_PRODUCTS:-5000}
 BROAD=${BROAD_DROPOUT:-title:0.25}
 ALSO_BROAD=${ALSO_BROAD_DROPOUT:-}
 ALSO_LOSS=${ALSO_LOSS:-}
+ALSO_POOLING=${ALSO_POOLING:-}
 CATALOGUES=${TREE_ABLATION_CATALOGUES:-hard demo}
 SEEDS=0,1,2
 BUDGET=()
@@ -83,6 +86,11 @@ for ds in $CATALOGUES; do
     for spec in $ALSO_BROAD; do
       train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec" --loss infonce
       evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" marginal "broad dropout $spec + marginal"
+    done
+    for pooling in $ALSO_POOLING; do
+      train "$ds" "$data" "broad-dropout-$pooling-pooling" "$seed" --broad_dropout "$BROAD" --loss infonce \
+        --attribute_pooling "$pooling"
+      evaluate "$ds" "$data" "broad-dropout-$pooling-pooling" "$seed" marginal "broad dropout + $pooling pooling + marginal"
     done
     for entry in $ALSO_LOSS; do
       loss=${entry%%=*}
