@@ -289,19 +289,22 @@ def marginal_posterior(scores: np.ndarray, nodes: Sequence[Node], temperature: f
     raw = np.asarray(scores, dtype=np.float64) / temperature
     leaves = leaves_of(nodes)
     leaf_probability = _softmax(raw[[position[leaf] for leaf in leaves]])  # [L, N]
-    out = np.array(scores, dtype=np.float64, copy=True)
+    # row i: the summed probability of node i's leaves; each leaf adds to its ancestors (leaves x depth steps)
+    mass = np.zeros_like(raw)
+    for k, leaf in enumerate(leaves):
+        for ancestor in category_nodes(leaf)[:-1]:
+            if ancestor in position:
+                mass[position[ancestor]] += leaf_probability[k]
+    depth_probability = np.empty_like(raw)
     by_depth: dict[int, list[int]] = defaultdict(list)
     for i, n in enumerate(nodes):
         by_depth[len(n)].append(i)
-    broad = {n[:-1] for n in nodes if len(n) > 1}
     for rows in by_depth.values():
-        depth_probability = _softmax(raw[rows])
-        for j, i in enumerate(rows):
-            node = nodes[i]
-            if node in broad:
-                below = [k for k, leaf in enumerate(leaves) if leaf[: len(node)] == node]
-                mass = leaf_probability[below].sum(axis=0)
-                out[i] = temperature * np.log(0.5 * depth_probability[j] + 0.5 * mass)
+        depth_probability[rows] = _softmax(raw[rows])
+    broad = [position[n[:-1]] for n in nodes if len(n) > 1 and n[:-1] in position]
+    broad = sorted(set(broad))
+    out = np.array(scores, dtype=np.float64, copy=True)
+    out[broad] = temperature * np.log(0.5 * depth_probability[broad] + 0.5 * mass[broad])
     return out.astype(np.asarray(scores).dtype, copy=False)
 
 
