@@ -301,8 +301,7 @@ def marginal_posterior(scores: np.ndarray, nodes: Sequence[Node], temperature: f
         by_depth[len(n)].append(i)
     for rows in by_depth.values():
         depth_probability[rows] = _softmax(raw[rows])
-    broad = [position[n[:-1]] for n in nodes if len(n) > 1 and n[:-1] in position]
-    broad = sorted(set(broad))
+    broad = sorted({position[n[:-1]] for n in nodes if len(n) > 1 and n[:-1] in position})
     out = np.array(scores, dtype=np.float64, copy=True)
     out[broad] = temperature * np.log(0.5 * depth_probability[broad] + 0.5 * mass[broad])
     return out.astype(np.asarray(scores).dtype, copy=False)

@@ -11,8 +11,8 @@
 # BROAD_DROPOUT (default title:0.25, train.py's), ALSO_BROAD_DROPOUT (more rates, space-separated, each read with
 # marginal scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go),
 # TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue), ALSO_LOSS (rows of
-# another loss, read with marginal scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD), e.g.
-# "path_positive path_positive=title:0.25,image:0.5"). Rows without a LOSS train with --loss infonce.
+# another loss, read with marginal scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD),
+# e.g. "path_positive path_positive=title:0.25,image:0.5"). Rows without a LOSS train with --loss infonce.
 # ALSO_POOLING: rows with another --attribute_pooling (e.g. "attention"), default broad dropout, read with
 # marginal scoring.
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model

@@ -492,9 +492,9 @@ def check_queries(categories: str | Sequence[str]) -> list[str]:
 
 
 # Under "tree" and "marginal" node scoring, about how many products are re-scored for a query: the top of the
-# named node's list and of each of its scoring leaves' lists, each list at least k long. The re-scoring is exact on them;
-# a product in none of those lists is not considered (evaluation, which scores every product, measures the
-# dense ranking).
+# named node's list and of each of its scoring leaves' lists, each list at least k long. The re-scoring is
+# exact on them; a product in none of those lists is not considered (evaluation, which scores every product,
+# measures the dense ranking).
 TREE_CANDIDATES = 1000
 
 
