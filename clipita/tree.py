@@ -271,6 +271,14 @@ def node_scores(
     return out
 
 
+def _rows_by_depth(nodes: Sequence[Node]) -> list[list[int]]:
+    """The row indices of `nodes`, grouped by depth: the nodes a product's softmax at one depth runs over."""
+    by_depth: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        by_depth[len(n)].append(i)
+    return list(by_depth.values())
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over axis 0, in float64 (cosines over a temperature >= 0.01 stay well inside its range)."""
     x = np.exp(logits - logits.max(axis=0))
@@ -296,10 +304,7 @@ def marginal_posterior(scores: np.ndarray, nodes: Sequence[Node], temperature: f
             if ancestor in position:
                 mass[position[ancestor]] += leaf_probability[k]
     depth_probability = np.empty_like(raw)
-    by_depth: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(nodes):
-        by_depth[len(n)].append(i)
-    for rows in by_depth.values():
+    for rows in _rows_by_depth(nodes):
         depth_probability[rows] = _softmax(raw[rows])
     broad = sorted({position[n[:-1]] for n in nodes if len(n) > 1 and n[:-1] in position})
     out = np.array(scores, dtype=np.float64, copy=True)
@@ -315,10 +320,7 @@ def tree_posterior(scores: np.ndarray, nodes: Sequence[Node], temperature: float
     nodes = [tuple(n) for n in nodes]
     broad = {n[:-1] for n in nodes if len(n) > 1}
     out = np.array(scores, dtype=np.float64, copy=True)
-    by_depth: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(nodes):
-        by_depth[len(n)].append(i)
-    for rows in by_depth.values():
+    for rows in _rows_by_depth(nodes):
         x = out[rows] / temperature
         top = x.max(axis=0)
         log_z = temperature * (top + np.log(np.exp(x - top).sum(axis=0)))  # [N]
