@@ -203,6 +203,8 @@ NODE_SCORINGS = {
     "keep their own score",
 }
 DEFAULT_NODE_SCORING = "marginal"
+# The scorings that read a broad node against every node of the tree at the model's temperature.
+POSTERIOR_SCORINGS = ("tree", "marginal")
 
 
 def check_node_scoring(scoring: str) -> str:
@@ -254,7 +256,7 @@ def node_scores(
     nodes = [tuple(n) for n in nodes]
     if check_node_scoring(scoring) == "node":
         return scores
-    if scoring in ("tree", "marginal") and (temperature is None or not temperature > 0):
+    if scoring in POSTERIOR_SCORINGS and (temperature is None or not temperature > 0):
         raise ValueError(
             f'node scoring "{scoring}" needs the model\'s temperature (> 0), got {temperature!r}'
         )

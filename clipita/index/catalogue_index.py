@@ -46,7 +46,13 @@ from clipita.index.shards import METADATA_SCHEMA, metadata_row, save_npy
 from clipita.loading import json_problem
 from clipita.progress import first_line
 from clipita.schema import normalise_attribute, parse_category, path_text, synonym_table
-from clipita.tree import CategoryTree, check_node_scoring, node_scores, scoring_nodes
+from clipita.tree import (
+    POSTERIOR_SCORINGS,
+    CategoryTree,
+    check_node_scoring,
+    node_scores,
+    scoring_nodes,
+)
 
 MANIFEST_FILE = "manifest.json"
 
@@ -538,7 +544,7 @@ def search(
             f"--node_scoring {node_scoring} needs the index folder's category tree, not {index.path}"
         )
     tree = index.category_tree()
-    posterior = node_scoring in ("tree", "marginal")  # a broad node read against every node of the tree
+    posterior = node_scoring in POSTERIOR_SCORINGS
     temperature = softmax_temperature(model) if posterior else None
     out = []
     for text in texts:
