@@ -13,8 +13,8 @@
 # TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue), ALSO_LOSS (rows of
 # another loss, read with marginal scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD),
 # e.g. "path_positive path_positive=title:0.25,image:0.5"). Rows without a LOSS train with --loss infonce.
-# ALSO_POOLING: rows with another --attribute_pooling (e.g. "attention"), default broad dropout, read with
-# marginal scoring.
+# ALSO_POOLING: rows with another --attribute_pooling, default broad dropout, read with marginal scoring,
+# space-separated, each POOLING or POOLING=LOSS (default: infonce), e.g. "attention attention=path_positive".
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
 # evaluated again: delete the folder / the result to redo it.
 set -euo pipefail
@@ -87,10 +87,14 @@ for ds in $CATALOGUES; do
       train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec" --loss infonce
       evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" marginal "broad dropout $spec + marginal"
     done
-    for pooling in $ALSO_POOLING; do
-      train "$ds" "$data" "broad-dropout-$pooling-pooling" "$seed" --broad_dropout "$BROAD" --loss infonce \
-        --attribute_pooling "$pooling"
-      evaluate "$ds" "$data" "broad-dropout-$pooling-pooling" "$seed" marginal "broad dropout + $pooling pooling + marginal"
+    for entry in $ALSO_POOLING; do
+      pooling=${entry%%=*}
+      loss=infonce name="broad-dropout-$pooling-pooling" row="broad dropout + $pooling pooling + marginal"
+      if [ "$entry" != "$pooling" ]; then
+        loss=${entry#*=} name="broad-dropout-$pooling-pooling-$loss" row="broad dropout + $pooling pooling + $loss + marginal"
+      fi
+      train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling"
+      evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
     done
     for entry in $ALSO_LOSS; do
       loss=${entry%%=*}
