@@ -46,12 +46,19 @@ def test_rows_are_compared_with_the_paper_seed_by_seed(tmp_path):
     assert "| paper (2 seeds) |" in script.table(found, "cmd")
 
 
-def test_placement_by_cue_knows_each_hard_groups_attribute():
-    spec = importlib.util.spec_from_file_location(
-        "placement_by_cue", ROOT / "scripts" / "placement_by_cue.py"
-    )
+def test_hard_cues_knows_each_hard_groups_attribute_and_each_leafs_cue():
+    spec = importlib.util.spec_from_file_location("hard_cues", ROOT / "scripts" / "hard_cues.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     keys = module.group_attribute_keys()
     assert len(keys) == 9 and len(set(keys.values())) == 9  # one attribute per middle group, none shared
     assert keys[("Home", "Kitchen & Dining")] == "food contact"
+    cues = module.leaf_cues()
+    assert len(cues) == 145 and sorted(c for c, _ in cues.values()).count("attribute") == 29  # one per type
+    assert cues[("Home", "Kitchen & Dining", "Kids Mugs")] == ("attribute", "audience")
+    assert cues[("Home", "Kitchen & Dining", "Vintage Mugs")] == ("title", None)
+    assert cues[("Home", "Kitchen & Dining", "Ceramic Mugs")] == ("image", None)
+    assert module.without_key(["Audience: kids", "colour: red", "audiences: x"], "audience") == [
+        "colour: red",
+        "audiences: x",
+    ]
