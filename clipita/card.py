@@ -293,7 +293,6 @@ TRAINING_SUMMARY = (
     ("trained against", "category_level"),
     ("loss", "loss"),
     ("broad dropout (title / image dropped for pairs above the leaf)", "broad_dropout"),
-    ("leaf dropout (title / image dropped for leaf pairs)", "leaf_dropout"),
     ("steps", "metrics:train/steps"),
     ("epochs", "metrics:train/epochs"),
     ("global batch size", "metrics:train/global_batch_size"),

@@ -15,8 +15,6 @@
 # e.g. "path_positive path_positive=title:0.25,image:0.5"). Rows without a LOSS train with --loss infonce.
 # ALSO_POOLING: rows with another --attribute_pooling, default broad dropout, read with marginal scoring,
 # space-separated, each POOLING or POOLING=LOSS (default: infonce), e.g. "attention attention=path_positive".
-# ALSO_LEAF_DROPOUT: rows with --leaf_dropout SPEC and the default broad dropout, read with marginal scoring,
-# space-separated, each SPEC or SPEC=POOLING (default: mean), e.g. "title:0.25 title:0.25=attention".
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
 # evaluated again: delete the folder / the result to redo it.
 set -euo pipefail
@@ -29,7 +27,6 @@ BROAD=${BROAD_DROPOUT:-title:0.25}
 ALSO_BROAD=${ALSO_BROAD_DROPOUT:-}
 ALSO_LOSS=${ALSO_LOSS:-}
 ALSO_POOLING=${ALSO_POOLING:-}
-ALSO_LEAF=${ALSO_LEAF_DROPOUT:-}
 CATALOGUES=${TREE_ABLATION_CATALOGUES:-hard demo}
 SEEDS=0,1,2
 BUDGET=()
@@ -97,16 +94,6 @@ for ds in $CATALOGUES; do
         loss=${entry#*=} name="broad-dropout-$pooling-pooling-$loss" row="broad dropout + $pooling pooling + $loss + marginal"
       fi
       train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling"
-      evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
-    done
-    for entry in $ALSO_LEAF; do
-      spec=${entry%%=*}
-      pooling=mean name="broad-dropout-leaf-${spec//[:,]/-}" row="broad dropout + leaf dropout $spec + marginal"
-      if [ "$entry" != "$spec" ]; then
-        pooling=${entry#*=} name="$name-$pooling-pooling" row="broad dropout + leaf dropout $spec + $pooling pooling + marginal"
-      fi
-      train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --leaf_dropout "$spec" --loss infonce \
-        --attribute_pooling "$pooling"
       evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
     done
     for entry in $ALSO_LOSS; do

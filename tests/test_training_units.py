@@ -11,7 +11,7 @@ import torch
 from clipita.schema import modality_columns
 from clipita.training import checkpoints as ckpt
 from clipita.training.arguments import build_parser, parse_args
-from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs, modality_dropout_draws
+from clipita.training.collate import EpochSampler, PairCollator, TrainingPairs
 from clipita.training.model_setup import freeze_towers, optimizer_groups
 from clipita.tree import NodeVocabulary, node_at_level
 from tests.conftest import tiny_model
@@ -261,30 +261,6 @@ def test_broad_dropout_is_a_function_of_seed_epoch_and_index_and_spares_leaf_pai
     assert [pairs[i]["title"] for i in range(40)] != [r["title"] for r in first]
 
 
-def test_leaf_dropout_drops_leaf_pairs_by_the_same_draws_as_broad_pairs():
-    rows = tiny_catalogue(num_train=60, num_validation=2)["train"]
-    columns = ["image", "title", "attributes"]
-    leaf_only = TrainingPairs(rows, "all", seed=5, columns=columns, leaf_dropout={"title": 0.5})
-    both = TrainingPairs(
-        rows, "all", seed=5, columns=columns, broad_dropout={"title": 0.5}, leaf_dropout={"title": 0.5}
-    )
-    plain = TrainingPairs(rows, "all", seed=5, columns=columns)
-    leaves = dropped = 0
-    for i in range(60):
-        row, ref, symmetric = leaf_only[i], plain[i], both[i]
-        assert row["node"] == ref["node"] == symmetric["node"] and row["attributes"] == ref["attributes"]
-        assert row["image"].tobytes() == ref["image"].tobytes()  # no image rate given
-        # at one rate for both kinds of pair, whether a title is dropped says nothing of the node's depth
-        assert (symmetric["title"] == "") == (modality_dropout_draws(5, 0, i)["title"] < 0.5)
-        if len(row["node"]) < len(row["category"]):  # a broad pair keeps its title without broad dropout
-            assert row["title"] == ref["title"]
-            continue
-        leaves += 1
-        dropped += row["title"] == "" != ref["title"]
-        assert row["title"] == symmetric["title"]
-    assert 0 < dropped < leaves
-
-
 def test_broad_dropout_argument_errors(capsys):
     assert parse_args(["--broad_dropout", "title:0.9,image:0.5"]).broad_dropout == {
         "title": 0.9,
@@ -296,8 +272,3 @@ def test_broad_dropout_argument_errors(capsys):
         with pytest.raises(SystemExit):
             parse_args(["--broad_dropout", bad])
         assert "--broad_dropout" in capsys.readouterr().err
-    assert parse_args([]).leaf_dropout is None  # off by default
-    assert parse_args(["--leaf_dropout", "title:0.25"]).leaf_dropout == {"title": 0.25}
-    with pytest.raises(SystemExit):
-        parse_args(["--leaf_dropout", "title:2"])
-    assert "--leaf_dropout: 'title:2'" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import argparse
 import importlib.util
 from collections.abc import Sequence
 
-from clipita.training.collate import parse_modality_dropout
+from clipita.training.collate import parse_broad_dropout
 from clipita.tree import LEVELS
 from configuration_clipita import (
     ATTRIBUTE_POOLINGS,
@@ -23,16 +23,13 @@ DEFAULT_MAX_STEPS = 1600  # docs/ablation_tree.md: leaves gain over 800 steps on
 DEFAULT_BROAD_DROPOUT = "title:0.25"  # chosen by scripts/ablation_tree.sh at the default budget (issue 13)
 
 
-def _modality_dropout(flag: str):
-    def parse(value: str) -> dict[str, float] | None:
-        if value.strip().lower() == "none":  # the paper's recipe
-            return None
-        try:
-            return parse_modality_dropout(value, flag)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
+def _broad_dropout(value: str) -> dict[str, float] | None:
+    if value.strip().lower() == "none":  # the paper's recipe
+        return None
+    try:
+        return parse_broad_dropout(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _sizes(value: str) -> list[int]:
@@ -167,19 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument(
         "--broad_dropout",
-        type=_modality_dropout("--broad_dropout"),
+        type=_broad_dropout,
         default=DEFAULT_BROAD_DROPOUT,
         help='modality dropout for pairs whose node is broader than the leaf, e.g. "title:0.5,image:0.5": '
         "the title is dropped / the image greyed with that probability, decided by (seed, epoch, product), "
         'so a broad category is learnt from what its products share; "none" is the paper\'s recipe '
         f"(default: {DEFAULT_BROAD_DROPOUT}; docs/ablation_tree.md)",
-    )
-    training.add_argument(
-        "--leaf_dropout",
-        type=_modality_dropout("--leaf_dropout"),
-        default=None,
-        help='the same for pairs whose node is the leaf (e.g. "title:0.25"): at the --broad_dropout rate, a '
-        "dropped title no longer tells the loss that the pair's node is broad (default: none)",
     )
     training.add_argument("--freeze_towers", action="store_true", help="freeze CLIP's vision and text towers")
     training.add_argument("--freeze_vision", action="store_true", help="freeze CLIP's vision tower")

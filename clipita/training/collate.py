@@ -5,8 +5,6 @@ The node is a function of (seed, epoch, product index) and the order of products
 Broad dropout (`--broad_dropout title:P,image:P`) is too: for a pair whose node is broader than the
 product's leaf, the title is dropped with probability P and the image greyed with probability P, decided by
 (seed, epoch, index), so what a group's products share (attributes, shape) has to carry the broad category.
-Leaf dropout (`--leaf_dropout`, same syntax) does the same for pairs whose node is the leaf: at the broad
-rate, a missing title no longer tells the loss that the pair's node is broad.
 """
 
 from __future__ import annotations
@@ -25,13 +23,12 @@ from clipita.tree import Node, NodeVocabulary, check_level, node_at_level
 logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 16  # consecutive unreadable rows tolerated before giving up
-DROPOUT_MODALITIES = ("title", "image")
+BROAD_DROPOUT_MODALITIES = ("title", "image")
 GREY = (128, 128, 128)
 
 
-def parse_modality_dropout(value: str, flag: str = "--broad_dropout") -> dict[str, float]:
-    """ "title:0.5,image:0.5" -> {"title": 0.5, "image": 0.5}; a clear one-line error naming `flag` for
-    anything else."""
+def parse_broad_dropout(value: str) -> dict[str, float]:
+    """ "title:0.5,image:0.5" -> {"title": 0.5, "image": 0.5}; a clear one-line error for anything else."""
     out: dict[str, float] = {}
     for part in str(value).split(","):
         name, _, probability = part.strip().partition(":")
@@ -39,20 +36,20 @@ def parse_modality_dropout(value: str, flag: str = "--broad_dropout") -> dict[st
             p = float(probability)
         except ValueError:
             p = -1.0
-        if name not in DROPOUT_MODALITIES or not 0.0 <= p <= 1.0 or name in out:
+        if name not in BROAD_DROPOUT_MODALITIES or not 0.0 <= p <= 1.0 or name in out:
             raise ValueError(
-                f"{flag}: {part.strip()!r} is not MODALITY:P with MODALITY one of "
-                f"{', '.join(DROPOUT_MODALITIES)} (each once) and P in [0, 1], e.g. title:0.5,image:0.5"
+                f"--broad_dropout: {part.strip()!r} is not MODALITY:P with MODALITY one of "
+                f"{', '.join(BROAD_DROPOUT_MODALITIES)} (each once) and P in [0, 1], e.g. title:0.5,image:0.5"
             )
         out[name] = p
     return out
 
 
-def modality_dropout_draws(seed: int, epoch: int, index: int) -> dict[str, float]:
+def broad_dropout_draws(seed: int, epoch: int, index: int) -> dict[str, bool]:
     """Whether pair `index` of `epoch` loses each modality, before the probabilities: uniform draws, one per
     modality, from their own stream of (seed, epoch, index) (the node's draw is another)."""
-    u = np.random.default_rng([seed, epoch, index, 2]).random(len(DROPOUT_MODALITIES))
-    return dict(zip(DROPOUT_MODALITIES, u.tolist()))
+    u = np.random.default_rng([seed, epoch, index, 2]).random(len(BROAD_DROPOUT_MODALITIES))
+    return dict(zip(BROAD_DROPOUT_MODALITIES, u.tolist()))
 
 
 class TrainingPairs(Dataset):
@@ -70,14 +67,12 @@ class TrainingPairs(Dataset):
         seed: int,
         columns: Sequence[str],
         broad_dropout: dict[str, float] | None = None,
-        leaf_dropout: dict[str, float] | None = None,
     ):
         self.level = check_level(level)
         self.rows = rows.select_columns(list(dict.fromkeys(["category", *columns])))
         self.seed = seed
         self.epoch = 0
         self.broad_dropout = dict(broad_dropout or {})
-        self.leaf_dropout = dict(leaf_dropout or {})
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -98,22 +93,20 @@ class TrainingPairs(Dataset):
                 logger.warning("training row %d unreadable (%s); using the next row", row_index, error)
                 continue
             row["node"] = self.node_for(index, row["category"])
-            self.drop_modalities(index, row)
+            self.drop_broad(index, row)
             row["skipped"] = attempt
             return row
         raise RuntimeError(f"{MAX_REPLACEMENTS} consecutive unreadable training rows from row {index}")
 
-    def drop_modalities(self, index: int, row: dict) -> None:
-        """Broad / leaf dropout, in place: the pair (by whether its node is broader than its leaf) loses its
-        title (-> "") and / or its image (-> grey, same size) as `modality_dropout_draws` decides for
-        (seed, epoch, index)."""
-        rates = self.broad_dropout if len(row["node"]) < len(row["category"]) else self.leaf_dropout
-        if not rates:
+    def drop_broad(self, index: int, row: dict) -> None:
+        """Broad dropout, in place: a pair whose node is broader than its leaf loses its title (-> "") and /
+        or its image (-> grey, same size) as `broad_dropout_draws` decides for (seed, epoch, index)."""
+        if not self.broad_dropout or len(row["node"]) >= len(row["category"]):
             return
-        draws = modality_dropout_draws(self.seed, self.epoch, index)
-        if "title" in row and draws["title"] < rates.get("title", 0.0):
+        draws = broad_dropout_draws(self.seed, self.epoch, index)
+        if "title" in row and draws["title"] < self.broad_dropout.get("title", 0.0):
             row["title"] = ""
-        if row.get("image") is not None and draws["image"] < rates.get("image", 0.0):
+        if row.get("image") is not None and draws["image"] < self.broad_dropout.get("image", 0.0):
             row["image"] = Image.new("RGB", row["image"].size, GREY)
 
 

@@ -196,7 +196,6 @@ class Trainer:
             args.seed,
             modality_columns(modalities),
             broad_dropout=getattr(args, "broad_dropout", None),
-            leaf_dropout=getattr(args, "leaf_dropout", None),
         )
         loader = DataLoader(
             self.pairs,
