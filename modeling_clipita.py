@@ -180,12 +180,13 @@ class CLIPITAAttributePooler(nn.Module):
         if self.mode == "mean":
             pooled = ((mask / count.clamp(min=1.0)).unsqueeze(-1) * embeds).sum(dim=1)
         else:
-            queries = self.query.view(-1, embeds.shape[-1])  # [H, D]
+            single = self.query.dim() == 1
+            queries = self.query[None] if single else self.query  # [H, D]
             scores = torch.einsum("bad,hd->bha", self.key(embeds), queries) / math.sqrt(embeds.shape[-1])
             scores = scores.masked_fill(mask[:, None, :] == 0, torch.finfo(scores.dtype).min)
             weights = torch.softmax(scores, dim=-1) * mask[:, None, :]  # [B, H, A]
             pooled = torch.einsum("bha,bad->bhd", weights, embeds)  # [B, H, D]
-            pooled = pooled[:, 0] if queries.shape[0] == 1 else self.output(pooled.flatten(1))
+            pooled = pooled[:, 0] if single else self.output(pooled.flatten(1))
         has_attributes = count > 0
         return torch.where(has_attributes, pooled, self.empty_embedding.to(pooled.dtype).expand_as(pooled))
 
@@ -304,7 +305,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         if "attributes" in config.product_modalities:
             self.attribute_projection = nn.Sequential(nn.Linear(clip_dim, clip_dim), nn.GELU())
             self.attribute_pooler = CLIPITAAttributePooler(
-                clip_dim, config.attribute_pooling, getattr(config, "attribute_pooling_heads", 1)
+                clip_dim, config.attribute_pooling, config.attribute_pooling_heads
             )
         head = (
             config.head_hidden_dim,
