@@ -34,10 +34,6 @@ class CLIPITAConfig(PretrainedConfig):
         head_dropout (`float`): dropout after each hidden layer of the heads.
         attribute_pooling (`str`): `"mean"` (paper) or `"attention"` (a learned query attends over the
             product's attributes: the paper's named future work).
-        attribute_pooling_heads (`int`): learned queries of `"attention"` pooling; with more than one, each
-            pools the attributes its own way and a linear layer maps their concatenation back to one vector,
-            so the attribute that names a product's group and the one that tells its leaf from its siblings
-            need not share one weighting.
         loss_type (`str`): `"infonce"` (paper: bidirectional InfoNCE with in-batch negatives),
             `"multi_positive"` (products of the same category in a batch are not negatives of it) or
             `"path_positive"` (no product is a negative of a category on its own path: its leaf or an
@@ -72,7 +68,6 @@ class CLIPITAConfig(PretrainedConfig):
         head_num_hidden_layers: int = 2,
         head_dropout: float = 0.0,
         attribute_pooling: str = "mean",
-        attribute_pooling_heads: int = 1,
         loss_type: str = "infonce",
         contrastive_temperature: float = DEFAULT_TEMPERATURE,
         learnable_temperature: bool = DEFAULT_LEARNABLE_TEMPERATURE,
@@ -99,8 +94,6 @@ class CLIPITAConfig(PretrainedConfig):
             raise ValueError(
                 f"attribute_pooling must be one of {ATTRIBUTE_POOLINGS}, got {attribute_pooling!r}"
             )
-        if int(attribute_pooling_heads) < 1:
-            raise ValueError(f"attribute_pooling_heads must be at least 1, got {attribute_pooling_heads}")
         if loss_type not in LOSSES:
             raise ValueError(f"loss_type must be one of {LOSSES}, got {loss_type!r}")
         if not 0.0 <= loss_lambda <= 1.0:
@@ -119,7 +112,6 @@ class CLIPITAConfig(PretrainedConfig):
         self.head_num_hidden_layers = head_num_hidden_layers
         self.head_dropout = head_dropout
         self.attribute_pooling = attribute_pooling
-        self.attribute_pooling_heads = int(attribute_pooling_heads)
         self.loss_type = loss_type
         self.contrastive_temperature = contrastive_temperature
         self.learnable_temperature = learnable_temperature

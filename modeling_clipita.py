@@ -159,34 +159,28 @@ class CLIPITAAttributePooler(nn.Module):
     """Pools a product's 0..N attribute embeddings into one vector.
 
     `mean` is the paper's h_a = mean_i f_a(a_i); `attention` lets a learned query weigh the
-    attributes (the paper's future work), or `num_heads` queries, each weighing them its own way, their
-    pooled vectors concatenated and mapped back to `dim`. A product without attributes gets a learned
+    attributes (the paper's future work). A product without attributes gets a learned
     "no attributes" embedding instead of a division by zero.
     """
 
-    def __init__(self, dim: int, mode: str, num_heads: int = 1):
+    def __init__(self, dim: int, mode: str):
         super().__init__()
         self.mode = mode
         self.empty_embedding = nn.Parameter(torch.zeros(dim))
         if mode == "attention":
-            self.query = nn.Parameter(torch.zeros(dim) if num_heads == 1 else torch.zeros(num_heads, dim))
+            self.query = nn.Parameter(torch.zeros(dim))
             self.key = nn.Linear(dim, dim)
-            if num_heads > 1:
-                self.output = nn.Linear(num_heads * dim, dim)
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.to(embeds.dtype)  # [B, A]
         count = mask.sum(dim=1, keepdim=True)  # [B, 1]
         if self.mode == "mean":
-            pooled = ((mask / count.clamp(min=1.0)).unsqueeze(-1) * embeds).sum(dim=1)
+            weights = mask / count.clamp(min=1.0)
         else:
-            single = self.query.dim() == 1
-            queries = self.query[None] if single else self.query  # [H, D]
-            scores = torch.einsum("bad,hd->bha", self.key(embeds), queries) / math.sqrt(embeds.shape[-1])
-            scores = scores.masked_fill(mask[:, None, :] == 0, torch.finfo(scores.dtype).min)
-            weights = torch.softmax(scores, dim=-1) * mask[:, None, :]  # [B, H, A]
-            pooled = torch.einsum("bha,bad->bhd", weights, embeds)  # [B, H, D]
-            pooled = pooled[:, 0] if single else self.output(pooled.flatten(1))
+            scores = self.key(embeds) @ self.query / math.sqrt(embeds.shape[-1])  # [B, A]
+            scores = scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)
+            weights = torch.softmax(scores, dim=1) * mask
+        pooled = (weights.unsqueeze(-1) * embeds).sum(dim=1)
         has_attributes = count > 0
         return torch.where(has_attributes, pooled, self.empty_embedding.to(pooled.dtype).expand_as(pooled))
 
@@ -304,9 +298,7 @@ class CLIPITAModel(CLIPITAPreTrainedModel):
         clip_dim = config.clip_config.projection_dim
         if "attributes" in config.product_modalities:
             self.attribute_projection = nn.Sequential(nn.Linear(clip_dim, clip_dim), nn.GELU())
-            self.attribute_pooler = CLIPITAAttributePooler(
-                clip_dim, config.attribute_pooling, config.attribute_pooling_heads
-            )
+            self.attribute_pooler = CLIPITAAttributePooler(clip_dim, config.attribute_pooling)
         head = (
             config.head_hidden_dim,
             config.projection_dim,

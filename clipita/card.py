@@ -343,15 +343,7 @@ def architecture_rows(
             "heads",
             f"{fmt(config.get('head_num_hidden_layers'))} hidden layers of {fmt(config.get('head_hidden_dim'))}",
         ],
-        [
-            "attribute pooling",
-            fmt(config.get("attribute_pooling"))
-            + (
-                f", {config['attribute_pooling_heads']} queries"
-                if config.get("attribute_pooling_heads", 1) > 1
-                else ""
-            ),
-        ],
+        ["attribute pooling", fmt(config.get("attribute_pooling"))],
         ["loss", f"{fmt(config.get('loss_type'))}, lambda = {fmt(config.get('loss_lambda'))}"],
         [
             "temperature",

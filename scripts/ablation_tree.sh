@@ -14,8 +14,7 @@
 # another loss, read with marginal scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD),
 # e.g. "path_positive path_positive=title:0.25,image:0.5"). Rows without a LOSS train with --loss infonce.
 # ALSO_POOLING: rows with another --attribute_pooling, default broad dropout, read with marginal scoring,
-# space-separated, each POOLING[:QUERIES][=LOSS] (QUERIES: --attribute_pooling_heads, default 1; LOSS
-# default infonce), e.g. "attention attention=path_positive attention:4".
+# space-separated, each POOLING or POOLING=LOSS (default: infonce), e.g. "attention attention=path_positive".
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
 # evaluated again: delete the folder / the result to redo it.
 set -euo pipefail
@@ -89,16 +88,12 @@ for ds in $CATALOGUES; do
       evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" marginal "broad dropout $spec + marginal"
     done
     for entry in $ALSO_POOLING; do
-      spec=${entry%%=*} pooling=${entry%%[:=]*} heads=1
-      [ "$spec" != "$pooling" ] && heads=${spec#*:}
-      label=$pooling tag=$pooling
-      [ "$heads" != 1 ] && label="$pooling ($heads queries)" tag="$pooling-$heads"
-      loss=infonce name="broad-dropout-$tag-pooling" row="broad dropout + $label pooling + marginal"
-      if [ "$entry" != "$spec" ]; then
-        loss=${entry#*=} name="broad-dropout-$tag-pooling-$loss" row="broad dropout + $label pooling + $loss + marginal"
+      pooling=${entry%%=*}
+      loss=infonce name="broad-dropout-$pooling-pooling" row="broad dropout + $pooling pooling + marginal"
+      if [ "$entry" != "$pooling" ]; then
+        loss=${entry#*=} name="broad-dropout-$pooling-pooling-$loss" row="broad dropout + $pooling pooling + $loss + marginal"
       fi
-      train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling" \
-        --attribute_pooling_heads "$heads"
+      train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling"
       evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
     done
     for entry in $ALSO_LOSS; do

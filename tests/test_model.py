@@ -17,7 +17,7 @@ from clipita.bootstrap import register_auto_classes
 from clipita.training.arguments import parse_args
 from clipita.training.model_setup import build_model, enable_activation_checkpointing
 from configuration_clipita import DEFAULT_LEARNABLE_TEMPERATURE, DEFAULT_TEMPERATURE, CLIPITAConfig
-from modeling_clipita import CLIPITAAttributePooler, CLIPITAModel, clipita_contrastive_loss
+from modeling_clipita import CLIPITAModel, clipita_contrastive_loss
 from tests.conftest import run_clean_python, tiny_model
 
 
@@ -66,7 +66,6 @@ DISTINCT = ["Ceramic Mugs", "Kids T-Shirts", "Glass Mugs", "Lamps", "Red Cups", 
         ({}, DISTINCT),
         # repeated categories: only the multi-positive loss can drive the loss towards zero
         ({"attribute_pooling": "attention", "loss_type": "multi_positive"}, DISTINCT[:4] * 2),
-        ({"attribute_pooling": "attention", "attribute_pooling_heads": 3}, DISTINCT),
     ],
 )
 def test_loss_falls_when_overfitting_one_batch(overrides, categories):
@@ -303,8 +302,6 @@ def test_config_validates_its_knobs():
         CLIPITAConfig(product_modalities=["image", "price"])
     with pytest.raises(ValueError, match="attribute_pooling"):
         CLIPITAConfig(attribute_pooling="max")
-    with pytest.raises(ValueError, match="attribute_pooling_heads"):
-        CLIPITAConfig(attribute_pooling="attention", attribute_pooling_heads=0)
     with pytest.raises(ValueError, match="unknown variant"):
         CLIPITAConfig.for_variant("clip-x")
     assert CLIPITAConfig.for_variant("clip-ia").product_modalities == ["image", "attributes"]
@@ -438,50 +435,3 @@ def test_gradient_checkpointing_and_attention_pass_through():
     batch = processor(images=images, titles=titles, attributes=attributes, categories=["a", "b", "c"])
     model(**batch, return_loss=True).loss.backward()
     assert model.clip.vision_model.encoder.layers[0].mlp.fc1.weight.grad is not None
-
-
-def test_attention_pooling_heads_each_weigh_the_attributes_and_ignore_padding(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        parse_args(["--attribute_pooling_heads", "2"])  # mean pooling has no queries
-    assert "--attribute_pooling_heads 2: at least 1, and more than 1 only with" in capsys.readouterr().err
-    assert (
-        parse_args(
-            ["--attribute_pooling", "attention", "--attribute_pooling_heads", "2"]
-        ).attribute_pooling_heads
-        == 2
-    )
-    torch.manual_seed(0)
-    embeds = torch.randn(3, 4, 8)
-    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
-    single = CLIPITAAttributePooler(8, "attention")
-    with torch.no_grad():
-        single.query.normal_()
-    scores = single.key(embeds[1]) @ single.query / math.sqrt(8)  # the one-query formula, by hand
-    assert torch.allclose(single(embeds, mask)[1], torch.softmax(scores, 0) @ embeds[1], atol=1e-6)
-    pooler = CLIPITAAttributePooler(8, "attention", num_heads=2)
-    assert pooler.query.shape == (2, 8) and pooler.output.in_features == 16
-    with torch.no_grad():
-        pooler.query.normal_()
-    out = pooler(embeds, mask)
-    assert out.shape == (3, 8)
-    padded = embeds.clone()
-    padded[0, 2:] = 100.0  # attributes the mask leaves out change nothing
-    assert torch.equal(pooler(padded, mask)[0], out[0])
-    assert torch.equal(out[2], pooler.empty_embedding)  # no attributes: the learned stand-in
-    with torch.no_grad():  # two queries that pick different attributes feed the output different vectors
-        pooler.key.weight.copy_(torch.eye(8))
-        pooler.key.bias.zero_()
-        pooler.query.copy_(torch.stack([embeds[1, 0], embeds[1, 3]]) * 50)
-    key = pooler.key(embeds[1])
-    heads = torch.softmax(key @ pooler.query.T / math.sqrt(8), dim=0).T @ embeds[1]  # [2, 8]
-    assert heads[0].sub(embeds[1, 0]).abs().max() < 1e-3 and heads[1].sub(embeds[1, 3]).abs().max() < 1e-3
-    assert torch.allclose(pooler(embeds, mask)[1], pooler.output(heads.flatten()), atol=1e-5)
-
-    model, processor = tiny_model(attribute_pooling="attention", attribute_pooling_heads=3)
-    model.save_pretrained(tmp_path)
-    loaded = CLIPITAModel.from_pretrained(tmp_path).eval()
-    assert loaded.config.attribute_pooling_heads == 3
-    images, titles, attributes = products(2)
-    batch = processor(images=images, titles=titles, attributes=attributes)
-    inputs = {k: v for k, v in batch.items() if not k.startswith("category")}
-    assert torch.allclose(model.eval().get_product_features(**inputs), loaded.get_product_features(**inputs))

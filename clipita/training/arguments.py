@@ -109,12 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the encoded attributes of a product are pooled into one vector",
     )
     model.add_argument(
-        "--attribute_pooling_heads",
-        type=int,
-        default=1,
-        help="learned queries of attention pooling, each weighing the attributes its own way (default: 1)",
-    )
-    model.add_argument(
         "--loss",
         choices=LOSSES,
         default="infonce",
@@ -323,13 +317,6 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         )
     if args.per_device_train_batch_size * args.gradient_accumulation_steps < 2:
         raise ValueError("a contrastive batch needs at least 2 pairs: raise --per_device_train_batch_size")
-    if args.attribute_pooling_heads < 1 or (
-        args.attribute_pooling_heads > 1 and args.attribute_pooling != "attention"
-    ):
-        raise ValueError(
-            f"--attribute_pooling_heads {args.attribute_pooling_heads}: at least 1, and more than 1 only with "
-            "--attribute_pooling attention"
-        )
     return args
 
 

@@ -33,7 +33,6 @@ def training_texts(rows) -> Iterator[str]:
 def model_config_overrides(args: argparse.Namespace) -> dict:
     return dict(
         attribute_pooling=args.attribute_pooling,
-        attribute_pooling_heads=getattr(args, "attribute_pooling_heads", 1),
         loss_type=args.loss,
         contrastive_temperature=args.temperature,
         learnable_temperature=args.learnable_temperature,
