@@ -68,9 +68,9 @@ def seen_leaves(model, data, seen) -> str:
     paths = [tuple(p) for p in test["category"]]
     leaves = sorted({p for p in paths if p in seen})
     relevant = np.array([[p == leaf for p in paths] for leaf in leaves])
-    embeds = model.encode_products(
-        list(test["image"]), test["title"], test["attributes"], show_progress_bar=False
-    )
+    # decoded once: the attribute-cue products below reuse them
+    images, titles, attributes = list(test["image"]), list(test["title"]), list(test["attributes"])
+    embeds = model.encode_products(images, titles, attributes, show_progress_bar=False)
     queries = model.encode_categories([list(leaf) for leaf in leaves], show_progress_bar=False)
     top = np.argsort(-(queries @ embeds.T), axis=1, kind="stable")[:, :10]
     ap = metric_module().per_query_scores(np.take_along_axis(relevant, top, 1), relevant.sum(1))["mAP@10"]
@@ -81,8 +81,7 @@ def seen_leaves(model, data, seen) -> str:
     ]
     rows = [i for i, p in enumerate(paths) if p in seen and cues[p][1]]
     own = queries[[leaves.index(paths[i]) for i in rows]]
-    attributes = [test[i]["attributes"] for i in rows]
-    images, titles = [test[i]["image"] for i in rows], [test[i]["title"] for i in rows]
+    images, titles, attributes = ([column[i] for i in rows] for column in (images, titles, attributes))
     stripped = [without_key(a, cues[paths[i]][1]) for a, i in zip(attributes, rows)]
     with_cue = (model.encode_products(images, titles, attributes, show_progress_bar=False) * own).sum(1)
     no_cue = (model.encode_products(images, titles, stripped, show_progress_bar=False) * own).sum(1)
