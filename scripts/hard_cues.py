@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,23 +38,33 @@ def without_key(attributes: list[str], key: str) -> list[str]:
     return [a for a in attributes if not a.lower().startswith(key + ":")]
 
 
-def placement(model, data, seen) -> str:
-    test = data["test"]
-    rows = test.select([i for i, path in enumerate(test["category"]) if tuple(path) not in seen])
+@dataclass
+class TestProducts:
+    """The test split's columns, read (images decoded) once and encoded by every model."""
+
+    paths: list[tuple[str, ...]]
+    images: list
+    titles: list[str]
+    attributes: list[list[str]]
+
+    def take(self, rows: list[int]) -> tuple[list, list[str], list[list[str]]]:
+        return tuple([column[i] for i in rows] for column in (self.images, self.titles, self.attributes))
+
+
+def placement(model, test: TestProducts, embeds: np.ndarray, groups: list, seen: set) -> str:
+    rows = [i for i, path in enumerate(test.paths) if path not in seen]
     keys = group_attribute_keys()
-    groups = sorted({tuple(path[:2]) for path in data["train"]["category"]})
-    truth = np.array([groups.index(tuple(path[:2])) for path in rows["category"]])
+    truth = np.array([groups.index(test.paths[i][:2]) for i in rows])
+    images, _, attributes = test.take(rows)
     has_cue = np.array(
         [
-            any(a.lower().startswith(keys[tuple(path[:2])] + ":") for a in attributes)
-            for path, attributes in zip(rows["category"], rows["attributes"])
+            any(a.lower().startswith(keys[test.paths[i][:2]] + ":") for a in attrs)
+            for i, attrs in zip(rows, attributes)
         ]
     )
-    images = list(rows["image"])
     nodes = model.encode_categories([list(g) for g in groups], show_progress_bar=False)
-    full = model.encode_products(images, rows["title"], rows["attributes"], show_progress_bar=False)
-    untitled = model.encode_products(images, [""] * len(rows), rows["attributes"], show_progress_bar=False)
-    right = (full @ nodes.T).argmax(1) == truth
+    untitled = model.encode_products(images, [""] * len(rows), attributes, show_progress_bar=False)
+    right = (embeds[rows] @ nodes.T).argmax(1) == truth
     right_untitled = (untitled @ nodes.T).argmax(1) == truth
     return (
         f"new-leaf products placed {right.mean():.3f} ({len(rows)}); with the group's attribute "
@@ -62,15 +73,11 @@ def placement(model, data, seen) -> str:
     )
 
 
-def seen_leaves(model, data, seen) -> str:
-    test = data["test"]
+def seen_leaves(model, test: TestProducts, embeds: np.ndarray, seen: set) -> str:
     cues = leaf_cues()
-    paths = [tuple(p) for p in test["category"]]
+    paths = test.paths
     leaves = sorted({p for p in paths if p in seen})
     relevant = np.array([[p == leaf for p in paths] for leaf in leaves])
-    # decoded once: the attribute-cue products below reuse them
-    images, titles, attributes = list(test["image"]), list(test["title"]), list(test["attributes"])
-    embeds = model.encode_products(images, titles, attributes, show_progress_bar=False)
     queries = model.encode_categories([list(leaf) for leaf in leaves], show_progress_bar=False)
     top = np.argsort(-(queries @ embeds.T), axis=1, kind="stable")[:, :10]
     ap = metric_module().per_query_scores(np.take_along_axis(relevant, top, 1), relevant.sum(1))["mAP@10"]
@@ -81,10 +88,10 @@ def seen_leaves(model, data, seen) -> str:
     ]
     rows = [i for i, p in enumerate(paths) if p in seen and cues[p][1]]
     own = queries[[leaves.index(paths[i]) for i in rows]]
-    images, titles, attributes = ([column[i] for i in rows] for column in (images, titles, attributes))
+    images, titles, attributes = test.take(rows)
     stripped = [without_key(a, cues[paths[i]][1]) for a, i in zip(attributes, rows)]
-    with_cue = (model.encode_products(images, titles, attributes, show_progress_bar=False) * own).sum(1)
     no_cue = (model.encode_products(images, titles, stripped, show_progress_bar=False) * own).sum(1)
+    with_cue = (embeds[rows] * own).sum(1)
     parts.append(
         f"attribute-cue products' cosine to their leaf {with_cue.mean():.3f}, without it {no_cue.mean():.3f}"
     )
@@ -100,9 +107,21 @@ def main(argv: list[str] | None = None) -> None:
 
     data = load_catalogue(args.dataset)
     seen = {tuple(path) for path in data["train"]["category"]}
+    groups = sorted({path[:2] for path in seen})
+    split = data["test"]
+    test = TestProducts(
+        [tuple(p) for p in split["category"]],
+        list(split["image"]),
+        list(split["title"]),
+        list(split["attributes"]),
+    )
     for folder in args.model:
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-        print(f"{folder}:\n  {placement(model, data, seen)}\n  {seen_leaves(model, data, seen)}", flush=True)
+        embeds = model.encode_products(test.images, test.titles, test.attributes, show_progress_bar=False)
+        print(
+            f"{folder}:\n  {placement(model, test, embeds, groups, seen)}\n  {seen_leaves(model, test, embeds, seen)}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
