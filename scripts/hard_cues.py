@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,8 +38,7 @@ def without_key(attributes: list[str], key: str) -> list[str]:
     return [a for a in attributes if not a.lower().startswith(key + ":")]
 
 
-@dataclass
-class TestProducts:
+class TestProducts(NamedTuple):
     """The test split's columns, read (images decoded) once and encoded by every model."""
 
     paths: list[tuple[str, ...]]
