@@ -292,6 +292,7 @@ TRAINING_SUMMARY = (
     ("started from", "base_model"),
     ("trained against", "category_level"),
     ("loss", "loss"),
+    ("share of leaf pairs (at the 'all' level; none: uniform over the path)", "leaf_probability"),
     ("broad dropout (title / image dropped for pairs above the leaf)", "broad_dropout"),
     ("steps", "metrics:train/steps"),
     ("epochs", "metrics:train/epochs"),

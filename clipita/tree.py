@@ -50,9 +50,15 @@ def is_unseen(node: Sequence[str], seen: set[Node]) -> bool:
     return tuple(node) not in seen
 
 
-def node_at_level(path: Sequence[str], level: str, rng: np.random.Generator | None = None) -> Node:
-    """The root ("general"), the leaf path ("specific"), or a node drawn uniformly from the path's
-    prefixes ("all", needs `rng`)."""
+def node_at_level(
+    path: Sequence[str],
+    level: str,
+    rng: np.random.Generator | None = None,
+    leaf_probability: float | None = None,
+) -> Node:
+    """The root ("general"), the leaf path ("specific"), or a node drawn from the path's prefixes ("all",
+    needs `rng`): uniformly (the paper), or with `leaf_probability` the leaf with that probability and
+    otherwise one of the broader prefixes uniformly."""
     if not path:
         raise ValueError("empty category path")
     check_level(level)
@@ -62,7 +68,11 @@ def node_at_level(path: Sequence[str], level: str, rng: np.random.Generator | No
         return tuple(path)
     if rng is None:
         raise ValueError('category level "all" draws a node at random: pass rng')
-    return tuple(path[: int(rng.integers(1, len(path) + 1))])
+    if leaf_probability is None:
+        return tuple(path[: int(rng.integers(1, len(path) + 1))])
+    if len(path) == 1 or rng.random() < leaf_probability:
+        return tuple(path)
+    return tuple(path[: int(rng.integers(1, len(path)))])
 
 
 def query_nodes(paths: Iterable[Sequence[str]], level: str) -> list[Node]:

@@ -31,6 +31,28 @@ def test_category_levels_pick_the_papers_nodes():
         node_at_level([], "general")
 
 
+def test_leaf_probability_sets_the_leaf_pairs_share():
+    draws = [node_at_level(PATH, "all", np.random.default_rng(i), leaf_probability=0.6) for i in range(2000)]
+    share = {node: draws.count(node) / len(draws) for node in set(draws)}
+    assert set(share) == {("Home",), ("Home", "Home Kitchen"), tuple(PATH)}
+    assert abs(share[tuple(PATH)] - 0.6) < 0.04
+    assert abs(share[("Home",)] - 0.2) < 0.03  # the broader nodes share the rest equally
+    assert {
+        node_at_level(PATH, "all", np.random.default_rng(i), leaf_probability=1.0) for i in range(50)
+    } == {tuple(PATH)}
+    assert node_at_level(["Home"], "all", np.random.default_rng(0), leaf_probability=0.0) == ("Home",)
+    # without it, the paper's uniform draw, unchanged: the same nodes from the same generator
+    uniform = [tuple(PATH[: int(np.random.default_rng(i).integers(1, 4))]) for i in range(20)]
+    assert [node_at_level(PATH, "all", np.random.default_rng(i)) for i in range(20)] == uniform
+    rows = tiny_catalogue(num_train=40, num_validation=2)["train"]
+    pairs = TrainingPairs(rows, "all", seed=3, columns=["image"], leaf_probability=1.0)
+    assert all(pairs[i]["node"] == tuple(pairs[i]["category"]) for i in range(40))
+    assert parse_args(["--leaf_probability", "0.5"]).leaf_probability == 0.5
+    assert parse_args([]).leaf_probability is None
+    with pytest.raises(SystemExit):
+        parse_args(["--leaf_probability", "1.5"])
+
+
 def test_pairs_depend_on_seed_epoch_and_index_only():
     rows = tiny_catalogue(num_train=40, num_validation=2)["train"]
     pairs = TrainingPairs(rows, "all", seed=3, columns=["image"])

@@ -32,6 +32,16 @@ def _broad_dropout(value: str) -> dict[str, float] | None:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _probability(value: str) -> float:
+    try:
+        p = float(value)
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a probability in [0, 1]")
+    return p
+
+
 def _sizes(value: str) -> list[int]:
     """ "32,16" -> [32, 16]: the nested Matryoshka sizes."""
     try:
@@ -161,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="which node of a product's path it is trained against: a random one (all), the root (general) "
         "or the leaf (specific)",
+    )
+    training.add_argument(
+        "--leaf_probability",
+        type=_probability,
+        default=None,
+        help='"all" level: pair a product with its leaf with this probability, else with one of its broader '
+        "nodes uniformly (default: every node of the path equally likely, the paper's)",
     )
     training.add_argument(
         "--broad_dropout",

@@ -67,8 +67,10 @@ class TrainingPairs(Dataset):
         seed: int,
         columns: Sequence[str],
         broad_dropout: dict[str, float] | None = None,
+        leaf_probability: float | None = None,
     ):
         self.level = check_level(level)
+        self.leaf_probability = leaf_probability
         self.rows = rows.select_columns(list(dict.fromkeys(["category", *columns])))
         self.seed = seed
         self.epoch = 0
@@ -82,7 +84,7 @@ class TrainingPairs(Dataset):
 
     def node_for(self, index: int, path: Sequence[str]) -> Node:
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.level == "all" else None
-        return node_at_level(path, self.level, rng)
+        return node_at_level(path, self.level, rng, self.leaf_probability)
 
     def __getitem__(self, index: int) -> dict:
         for attempt in range(MAX_REPLACEMENTS):

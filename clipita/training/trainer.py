@@ -196,6 +196,7 @@ class Trainer:
             args.seed,
             modality_columns(modalities),
             broad_dropout=getattr(args, "broad_dropout", None),
+            leaf_probability=getattr(args, "leaf_probability", None),
         )
         loader = DataLoader(
             self.pairs,
