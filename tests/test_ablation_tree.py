@@ -3,6 +3,10 @@ compares each row with the paper's row seed by seed."""
 
 import importlib.util
 import json
+import os
+import subprocess
+
+import pytest
 
 from clipita.evaluation import per_depth_report
 from tests.conftest import ROOT
@@ -62,3 +66,37 @@ def test_hard_cues_knows_each_hard_groups_attribute_and_each_leafs_cue():
         "colour: red",
         "audiences: x",
     ]
+
+
+@pytest.mark.slow
+def test_the_script_trains_then_evaluates_its_rows_as_parallel_jobs_and_reuses_them(tmp_path):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    docs.mkdir()
+    env = {
+        **os.environ,
+        "TREE_ABLATION_DIR": str(runs),
+        "TREE_ABLATION_DOCS": str(docs),
+        "TREE_ABLATION_CATALOGUES": "hard",
+        "TREE_ABLATION_JOBS": "2",
+        "HARD_PRODUCTS": "240",
+        "ALSO_LEAF": "0.5=title:0.5",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = ["bash", "scripts/ablation_tree.sh", "--seeds", "0", "--max_steps", "2", "--eval_steps", "0"]
+    command += ["--per_device_train_batch_size", "16"]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "== train: 3 jobs, 2 at a time" in first.stdout and "== evaluate: 8 jobs" in first.stdout
+    leaf = runs / "hard" / "leaf-0.5-broad-dropout-title-0.5-s0"
+    args = json.loads((leaf / "training_args.json").read_text())
+    assert args["leaf_probability"] == 0.5 and args["broad_dropout"] == {"title": 0.5}
+    assert (runs / "hard" / "paper-s0.log").stat().st_size > 0  # each job logs beside its run
+    results = sorted(p.name for p in (runs / "hard" / "results").glob("*.json"))
+    assert len(results) == 8 and "leaf 0.5 + broad dropout title:0.5 + marginal-s0.json" in results
+    assert (
+        "| leaf 0.5 + broad dropout title:0.5 + marginal (1 seeds) |"
+        in (docs / "ablation_tree.md").read_text()
+    )
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "== train: 0 jobs" in again.stdout and "== evaluate: 0 jobs" in again.stdout
