@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
 done
 
 HARD="$OUT/data/hard"
-if [ ! -f "$HARD/catalogue.json" ]; then
+if [[ " $CATALOGUES " == *" hard "* && ! -f "$HARD/catalogue.json" ]]; then
   python -m clipita.catalogue --layout hard --num_products "$HARD_PRODUCTS" --seed 0 --output_dir "$HARD"
 fi
 
