@@ -169,7 +169,8 @@ def plot(found: dict, path: Path) -> None:
             vals = [[value(r, p) for r in reports.values()] for _, p in cols]
             vals = [[v for v in vs if v is not None] or [np.nan] for vs in vals]
             mean = np.array([np.mean(v) for v in vals])
-            err = np.array([[m - np.min(v), np.max(v) - m] for m, v in zip(mean, vals)]).T
+            # clipped: the mean of equal values can land a rounding error outside them
+            err = np.clip(np.array([[m - np.min(v), np.max(v) - m] for m, v in zip(mean, vals)]).T, 0, None)
             ax.bar(np.arange(len(cols)) + i * width, mean, width, yerr=err, capsize=2, label=row)
         ax.set_xticks(np.arange(len(cols)) + width * (len(rows) - 1) / 2)
         ax.set_xticklabels([name for name, _ in cols], rotation=30, ha="right", fontsize="small")

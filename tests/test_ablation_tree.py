@@ -50,6 +50,17 @@ def test_rows_are_compared_with_the_paper_seed_by_seed(tmp_path):
     assert "| paper (2 seeds) |" in script.table(found, "cmd")
 
 
+def test_the_plot_takes_seeds_whose_mean_rounds_outside_them(tmp_path):
+    script = load_script()
+    product_embeds, node_embeds, paths, train_paths = _embeddings()
+    report = per_depth_report(product_embeds, node_embeds, NODES, paths, train_paths, "node")
+    report["retrieval"]["root"]["all"]["mAP@10"] = 0.1  # mean([0.1] * 3) is 0.10000000000000002
+    for seed in range(3):
+        write(tmp_path, "demo", "paper", seed, report)
+    script.plot(script.collect(tmp_path), tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
 def test_hard_cues_knows_each_hard_groups_attribute_and_each_leafs_cue():
     spec = importlib.util.spec_from_file_location("hard_cues", ROOT / "scripts" / "hard_cues.py")
     module = importlib.util.module_from_spec(spec)
