@@ -151,7 +151,7 @@ rows() {
 if [ "$JOBS" -le 1 ]; then
   rows
 else
-  case " $CATALOGUES " in *" demo "*) python -c "from clipita.data import ensure_demo; ensure_demo()" ;; esac
+  case " $CATALOGUES " in *" demo "*) python -m clipita.data --dataset demo ;; esac
   for PHASE in train evaluate; do
     QUEUE=$(mktemp)
     rows
