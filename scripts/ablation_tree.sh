@@ -2,13 +2,14 @@
 # Issue 13 ablation: new product types under the right parent, on BOTH generated catalogues (the demo one
 # and `python -m clipita.catalogue --layout hard`), per depth, seen / unseen, new / known product types.
 # Rows: the paper's recipe (--broad_dropout none --loss infonce) read with each --node_scoring (node: the paper;
-# max_leaf; tree; marginal: the default), and broad dropout (train.py's default) read with node, tree and
-# marginal. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean and
+# max_leaf; tree; marginal: the default), broad dropout with the paper's uniform draw of nodes (the default
+# before the leaf share) read with node, tree and marginal, and train.py's default (DEFAULT_LEAF: leaf share 0.5,
+# broad dropout title:0.5) read with marginal. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean and
 # the spread (min-max) over seeds (levels with few queries are noisy).
 #   bash scripts/ablation_tree.sh                                   # seeds 0,1,2, train.py's default budget
 #   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
 # Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),
-# BROAD_DROPOUT (default title:0.25, train.py's), ALSO_BROAD_DROPOUT (more rates, space-separated, each read with
+# BROAD_DROPOUT (default title:0.25), ALSO_BROAD_DROPOUT (more rates, space-separated, each read with
 # marginal scoring: e.g. "title:0.5"), TREE_ABLATION_DOCS (default docs; where table and plot go),
 # TREE_ABLATION_CATALOGUES (default "hard demo"; e.g. "hard" to add seeds to one catalogue), ALSO_LOSS (rows of
 # another loss, read with marginal scoring, space-separated, each LOSS or LOSS=BROAD_DROPOUT (default: BROAD),
@@ -17,7 +18,8 @@
 # space-separated, each POOLING or POOLING=LOSS (default: infonce), e.g. "attention attention=path_positive".
 # ALSO_LEAF: rows with --leaf_probability (the leaf pairs' share of the "all" level), read with marginal scoring,
 # space-separated, each P or P=BROAD_DROPOUT or P=BROAD_DROPOUT=POOLING (defaults: BROAD, mean pooling), e.g.
-# "0.5=title:0.5 0.5=title:0.5=attention".
+# "0.5=title:0.5 0.5=title:0.5=attention". Every row but the leaf ones draws nodes uniformly (--leaf_probability
+# uniform).
 # TREE_ABLATION_JOBS=N (default 1): train N runs at once, then evaluate N at once, each job logging to
 # RUN_FOLDER.log / RESULT.log (on a GPU machine; on CPU also set OMP_NUM_THREADS, e.g. to cores / N).
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
@@ -33,6 +35,7 @@ ALSO_BROAD=${ALSO_BROAD_DROPOUT:-}
 ALSO_LOSS=${ALSO_LOSS:-}
 ALSO_POOLING=${ALSO_POOLING:-}
 ALSO_LEAF=${ALSO_LEAF:-}
+DEFAULT_LEAF=0.5=title:0.5  # train.py's --leaf_probability and --broad_dropout (a test checks they agree)
 CATALOGUES=${TREE_ABLATION_CATALOGUES:-hard demo}
 JOBS=${TREE_ABLATION_JOBS:-1}
 SEEDS=0,1,2
@@ -102,7 +105,7 @@ rows() {
     esac
     for seed in ${SEEDS//,/ }; do
       train "$ds" "$data" paper "$seed" --broad_dropout none --loss infonce
-      train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD" --loss infonce
+      train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD" --loss infonce --leaf_probability uniform
       evaluate "$ds" "$data" paper "$seed" node "paper"
       evaluate "$ds" "$data" paper "$seed" max_leaf "paper + max_leaf"
       evaluate "$ds" "$data" paper "$seed" tree "paper + tree"
@@ -111,7 +114,8 @@ rows() {
       evaluate "$ds" "$data" broad-dropout "$seed" tree "broad dropout + tree"
       evaluate "$ds" "$data" broad-dropout "$seed" marginal "broad dropout + marginal"
       for spec in $ALSO_BROAD; do
-        train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec" --loss infonce
+        train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec" --loss infonce \
+          --leaf_probability uniform
         evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" marginal "broad dropout $spec + marginal"
       done
       for entry in $ALSO_POOLING; do
@@ -120,10 +124,11 @@ rows() {
         if [ "$entry" != "$pooling" ]; then
           loss=${entry#*=} name="broad-dropout-$pooling-pooling-$loss" row="broad dropout + $pooling pooling + $loss + marginal"
         fi
-        train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling"
+        train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling" \
+          --leaf_probability uniform
         evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
       done
-      for entry in $ALSO_LEAF; do
+      for entry in $(printf '%s\n' "$DEFAULT_LEAF" $ALSO_LEAF | awk '!seen[$0]++'); do
         IFS== read -r p spec pooling <<<"$entry"
         spec=${spec:-$BROAD} pooling=${pooling:-mean}
         name="leaf-$p-broad-dropout-${spec//[:,]/-}" row="leaf $p + broad dropout $spec"
@@ -140,7 +145,7 @@ rows() {
         if [ "$entry" != "$loss" ]; then
           spec=${entry#*=} name="broad-dropout-${spec//[:,]/-}-$loss" row="broad dropout ${entry#*=} + $loss + marginal"
         fi
-        train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss"
+        train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss" --leaf_probability uniform
         evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
       done
     done

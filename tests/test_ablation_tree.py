@@ -79,6 +79,22 @@ def test_hard_cues_knows_each_hard_groups_attribute_and_each_leafs_cue():
     ]
 
 
+def test_the_scripts_default_row_is_train_pys_default():
+    from clipita.training.arguments import parse_args
+
+    line = next(
+        x
+        for x in (ROOT / "scripts" / "ablation_tree.sh").read_text().splitlines()
+        if x.startswith("DEFAULT_LEAF=")
+    )
+    share, spec = line.split("#")[0].strip().removeprefix("DEFAULT_LEAF=").split("=")
+    defaults = parse_args([])
+    assert (float(share), parse_args(["--broad_dropout", spec]).broad_dropout) == (
+        defaults.leaf_probability,
+        defaults.broad_dropout,
+    )
+
+
 @pytest.mark.slow
 def test_the_script_trains_then_evaluates_its_rows_as_parallel_jobs_and_reuses_them(tmp_path):
     runs, docs = tmp_path / "runs", tmp_path / "docs"

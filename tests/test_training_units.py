@@ -48,7 +48,11 @@ def test_leaf_probability_sets_the_leaf_pairs_share():
     pairs = TrainingPairs(rows, "all", seed=3, columns=["image"], leaf_probability=1.0)
     assert all(pairs[i]["node"] == tuple(pairs[i]["category"]) for i in range(40))
     assert parse_args(["--leaf_probability", "0.5"]).leaf_probability == 0.5
-    assert parse_args([]).leaf_probability is None
+    # the default goes with broad dropout: the leaf share with it, the paper's uniform draw without it
+    assert parse_args([]).leaf_probability == 0.5 and parse_args([]).broad_dropout == {"title": 0.5}
+    assert parse_args(["--broad_dropout", "none"]).leaf_probability is None
+    assert parse_args(["--broad_dropout", "none", "--leaf_probability", "0.3"]).leaf_probability == 0.3
+    assert parse_args(["--leaf_probability", "uniform"]).leaf_probability is None
     with pytest.raises(SystemExit):
         parse_args(["--leaf_probability", "1.5"])
 
@@ -288,7 +292,7 @@ def test_broad_dropout_argument_errors(capsys):
         "title": 0.9,
         "image": 0.5,
     }
-    assert parse_args([]).broad_dropout == {"title": 0.25}  # the default, chosen by the issue-13 ablation
+    assert parse_args([]).broad_dropout == {"title": 0.5}  # the default, chosen by the issue-13 ablation
     assert parse_args(["--broad_dropout", "none"]).broad_dropout is None  # the paper's recipe
     for bad in ("title:2", "attributes:0.5", "title", "title:0.1,title:0.2"):
         with pytest.raises(SystemExit):

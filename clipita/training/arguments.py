@@ -20,7 +20,10 @@ from configuration_clipita import (
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 TRACKERS = ("tensorboard", "trackio", "none")
 DEFAULT_MAX_STEPS = 1600  # docs/ablation_tree.md: leaves gain over 800 steps on both catalogues
-DEFAULT_BROAD_DROPOUT = "title:0.25"  # chosen by scripts/ablation_tree.sh at the default budget (issue 13)
+# chosen by scripts/ablation_tree.sh at the default budget (issue 13, docs/ablation_tree_leaf.md): broad pairs
+# lose their title half of the time and half of the pairs are leaf pairs, which keep every modality
+DEFAULT_BROAD_DROPOUT = "title:0.5"
+DEFAULT_LEAF_PROBABILITY = 0.5  # with broad dropout; without it (the paper's recipe) the draw is uniform
 
 
 def _broad_dropout(value: str) -> dict[str, float] | None:
@@ -30,6 +33,16 @@ def _broad_dropout(value: str) -> dict[str, float] | None:
         return parse_broad_dropout(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _leaf_probability(value: str) -> float | str | None:
+    """A probability, "uniform" (None: every node of the path equally likely) or "auto" (resolved by
+    check_args, which knows --broad_dropout)."""
+    if value.strip().lower() == "uniform":
+        return None
+    if value.strip().lower() == "auto":
+        return "auto"
+    return _probability(value)
 
 
 def _probability(value: str) -> float:
@@ -174,10 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument(
         "--leaf_probability",
-        type=_probability,
-        default=None,
+        type=_leaf_probability,
+        default="auto",
         help='"all" level: pair a product with its leaf with this probability, else with one of its broader '
-        "nodes uniformly (default: every node of the path equally likely, the paper's)",
+        'nodes uniformly; "uniform": every node of the path equally likely, the paper\'s draw (default: auto, '
+        f"{DEFAULT_LEAF_PROBABILITY} with --broad_dropout, uniform with --broad_dropout none)",
     )
     training.add_argument(
         "--broad_dropout",
@@ -324,6 +338,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--num_train_epochs must be positive, got {args.num_train_epochs}")
     if args.max_steps is None and args.num_train_epochs is None:
         args.max_steps = DEFAULT_MAX_STEPS
+    if args.leaf_probability == "auto":  # the leaf pairs keep what broad dropout takes from the broad ones
+        args.leaf_probability = DEFAULT_LEAF_PROBABILITY if args.broad_dropout else None
     if args.tower_learning_rate < 0:
         raise ValueError(f"--tower_learning_rate must be >= 0, got {args.tower_learning_rate}")
     if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
