@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 13 ablation: new product types under the right parent, on BOTH generated catalogues (the demo one
 # and `python -m clipita.catalogue --layout hard`), per depth, seen / unseen, new / known product types.
-# Rows: the paper's recipe (--broad_dropout none --loss infonce) read with each --node_scoring (node: the paper;
+# Rows: the paper's recipe (--paper_recipe) read with each --node_scoring (node: the paper;
 # max_leaf; tree; marginal: the default), broad dropout with the paper's uniform draw of nodes (the default
 # before the leaf share) read with node, tree and marginal, and train.py's default (DEFAULT_LEAF: leaf share 0.5,
-# broad dropout title:0.5) read with marginal. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean and
+# broad dropout title:0.5, attention pooling) read with marginal. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean and
 # the spread (min-max) over seeds (levels with few queries are noisy).
 #   bash scripts/ablation_tree.sh                                   # seeds 0,1,2, train.py's default budget
 #   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
@@ -19,7 +19,7 @@
 # ALSO_LEAF: rows with --leaf_probability (the leaf pairs' share of the "all" level), read with marginal scoring,
 # space-separated, each P or P=BROAD_DROPOUT or P=BROAD_DROPOUT=POOLING (defaults: BROAD, mean pooling), e.g.
 # "0.5=title:0.5 0.5=title:0.5=attention". Every row but the leaf ones draws nodes uniformly (--leaf_probability
-# uniform).
+# uniform), and every row pools the attributes by their mean unless it names another pooling.
 # TREE_ABLATION_JOBS=N (default 1): train N runs at once, then evaluate N at once, each job logging to
 # RUN_FOLDER.log / RESULT.log (on a GPU machine; on CPU also set OMP_NUM_THREADS, e.g. to cores / N).
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
@@ -35,7 +35,7 @@ ALSO_BROAD=${ALSO_BROAD_DROPOUT:-}
 ALSO_LOSS=${ALSO_LOSS:-}
 ALSO_POOLING=${ALSO_POOLING:-}
 ALSO_LEAF=${ALSO_LEAF:-}
-DEFAULT_LEAF=0.5=title:0.5  # train.py's --leaf_probability and --broad_dropout (a test checks they agree)
+DEFAULT_LEAF=0.5=title:0.5=attention  # train.py's defaults: leaf share, broad dropout, pooling (a test checks)
 CATALOGUES=${TREE_ABLATION_CATALOGUES:-hard demo}
 JOBS=${TREE_ABLATION_JOBS:-1}
 SEEDS=0,1,2
@@ -104,8 +104,9 @@ rows() {
       *) echo "error: TREE_ABLATION_CATALOGUES: unknown catalogue '$ds' (hard, demo)" >&2; exit 2 ;;
     esac
     for seed in ${SEEDS//,/ }; do
-      train "$ds" "$data" paper "$seed" --broad_dropout none --loss infonce
-      train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD" --loss infonce --leaf_probability uniform
+      train "$ds" "$data" paper "$seed" --paper_recipe
+      train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD" --loss infonce --leaf_probability uniform \
+        --attribute_pooling mean
       evaluate "$ds" "$data" paper "$seed" node "paper"
       evaluate "$ds" "$data" paper "$seed" max_leaf "paper + max_leaf"
       evaluate "$ds" "$data" paper "$seed" tree "paper + tree"
@@ -115,7 +116,7 @@ rows() {
       evaluate "$ds" "$data" broad-dropout "$seed" marginal "broad dropout + marginal"
       for spec in $ALSO_BROAD; do
         train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec" --loss infonce \
-          --leaf_probability uniform
+          --leaf_probability uniform --attribute_pooling mean
         evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" marginal "broad dropout $spec + marginal"
       done
       for entry in $ALSO_POOLING; do
@@ -145,7 +146,8 @@ rows() {
         if [ "$entry" != "$loss" ]; then
           spec=${entry#*=} name="broad-dropout-${spec//[:,]/-}-$loss" row="broad dropout ${entry#*=} + $loss + marginal"
         fi
-        train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss" --leaf_probability uniform
+        train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss" --leaf_probability uniform \
+          --attribute_pooling mean
         evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
       done
     done

@@ -87,11 +87,12 @@ def test_the_scripts_default_row_is_train_pys_default():
         for x in (ROOT / "scripts" / "ablation_tree.sh").read_text().splitlines()
         if x.startswith("DEFAULT_LEAF=")
     )
-    share, spec = line.split("#")[0].strip().removeprefix("DEFAULT_LEAF=").split("=")
+    share, spec, pooling = line.split("#")[0].strip().removeprefix("DEFAULT_LEAF=").split("=")
     defaults = parse_args([])
-    assert (float(share), parse_args(["--broad_dropout", spec]).broad_dropout) == (
+    assert (float(share), parse_args(["--broad_dropout", spec]).broad_dropout, pooling) == (
         defaults.leaf_probability,
         defaults.broad_dropout,
+        defaults.attribute_pooling,
     )
 
 
@@ -106,7 +107,7 @@ def test_the_script_trains_then_evaluates_its_rows_as_parallel_jobs_and_reuses_t
         "TREE_ABLATION_CATALOGUES": "hard",
         "TREE_ABLATION_JOBS": "2",
         "HARD_PRODUCTS": "240",
-        "ALSO_LEAF": "0.5=title:0.5",
+        "ALSO_LEAF": "0.5=title:0.5=attention",  # train.py's default, a row of its own: trained once
         "OMP_NUM_THREADS": "1",
     }
     command = ["bash", "scripts/ablation_tree.sh", "--seeds", "0", "--max_steps", "2", "--eval_steps", "0"]
@@ -114,14 +115,24 @@ def test_the_script_trains_then_evaluates_its_rows_as_parallel_jobs_and_reuses_t
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "== train: 3 jobs, 2 at a time" in first.stdout and "== evaluate: 8 jobs" in first.stdout
-    leaf = runs / "hard" / "leaf-0.5-broad-dropout-title-0.5-s0"
+    leaf = runs / "hard" / "leaf-0.5-broad-dropout-title-0.5-attention-pooling-s0"
     args = json.loads((leaf / "training_args.json").read_text())
     assert args["leaf_probability"] == 0.5 and args["broad_dropout"] == {"title": 0.5}
+    assert args["attribute_pooling"] == "attention"
+    paper = json.loads((runs / "hard" / "paper-s0" / "training_args.json").read_text())
+    assert (paper["broad_dropout"], paper["leaf_probability"], paper["attribute_pooling"]) == (
+        None,
+        None,
+        "mean",
+    )
     assert (runs / "hard" / "paper-s0.log").stat().st_size > 0  # each job logs beside its run
     results = sorted(p.name for p in (runs / "hard" / "results").glob("*.json"))
-    assert len(results) == 8 and "leaf 0.5 + broad dropout title:0.5 + marginal-s0.json" in results
     assert (
-        "| leaf 0.5 + broad dropout title:0.5 + marginal (1 seeds) |"
+        len(results) == 8
+        and "leaf 0.5 + broad dropout title:0.5 + attention pooling + marginal-s0.json" in results
+    )
+    assert (
+        "| leaf 0.5 + broad dropout title:0.5 + attention pooling + marginal (1 seeds) |"
         in (docs / "ablation_tree.md").read_text()
     )
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

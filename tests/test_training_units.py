@@ -53,6 +53,15 @@ def test_leaf_probability_sets_the_leaf_pairs_share():
     assert parse_args(["--broad_dropout", "none"]).leaf_probability is None
     assert parse_args(["--broad_dropout", "none", "--leaf_probability", "0.3"]).leaf_probability == 0.3
     assert parse_args(["--leaf_probability", "uniform"]).leaf_probability is None
+    paper = parse_args(["--paper_recipe"])  # the paper's training, one flag away from the defaults
+    assert (paper.broad_dropout, paper.leaf_probability, paper.attribute_pooling, paper.loss) == (
+        None,
+        None,
+        "mean",
+        "infonce",
+    )
+    assert parse_args([]).attribute_pooling == "attention"
+    assert parse_args(["--paper_recipe", "--attribute_pooling", "attention"]).attribute_pooling == "attention"
     with pytest.raises(SystemExit):
         parse_args(["--leaf_probability", "1.5"])
 
