@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 13 ablation: new product types under the right parent, on BOTH generated catalogues (the demo one
 # and `python -m clipita.catalogue --layout hard`), per depth, seen / unseen, new / known product types.
-# Rows: the paper's recipe (--paper_recipe) read with each --node_scoring (node: the paper;
-# max_leaf; tree; marginal: the default), broad dropout with the paper's uniform draw of nodes (the default
-# before the leaf share) read with node, tree and marginal, and train.py's default (DEFAULT_LEAF: leaf share 0.5,
-# broad dropout title:0.5, attention pooling) read with marginal. Every row is trained / evaluated for each seed; docs/ablation_tree.md and .png show the mean and
-# the spread (min-max) over seeds (levels with few queries are noisy).
+# Rows: the paper's recipe (--paper_recipe) read with each --node_scoring (node: the paper; max_leaf; tree;
+# marginal: the default), broad dropout with the paper's uniform draw of nodes and mean pooling (the default
+# before the leaf share) read with node, tree and marginal, and train.py's default (DEFAULT_LEAF: leaf share
+# 0.5, broad dropout title:0.5, attention pooling) read with marginal. Every row is trained / evaluated for
+# each seed; docs/ablation_tree.md and .png show the mean and the spread (min-max) over seeds (levels with few
+# queries are noisy).
 #   bash scripts/ablation_tree.sh                                   # seeds 0,1,2, train.py's default budget
 #   bash scripts/ablation_tree.sh --seeds 0 --max_steps 5           # smoke test; other flags go to train.py
 # Environment: TREE_ABLATION_DIR (default outputs/ablation_tree), HARD_PRODUCTS (default 5000),

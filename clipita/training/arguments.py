@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BROAD_DROPOUT,
         help='modality dropout for pairs whose node is broader than the leaf, e.g. "title:0.5,image:0.5": '
         "the title is dropped / the image greyed with that probability, decided by (seed, epoch, product), "
-        'so a broad category is learnt from what its products share; "none" is the paper\'s recipe '
-        f"(default: {DEFAULT_BROAD_DROPOUT}; docs/ablation_tree.md)",
+        'so a broad category is learnt from what its products share; "none": none, as in --paper_recipe '
+        f"(default: {DEFAULT_BROAD_DROPOUT}; docs/ablation_tree_leaf.md)",
     )
     training.add_argument(
         "--paper_recipe",
