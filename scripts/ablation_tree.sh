@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13 ablation: new product types under the right parent, on BOTH generated catalogues (the demo one
 # and `python -m clipita.catalogue --layout hard`), per depth, seen / unseen, new / known product types.
-# Rows: the paper's recipe (--paper_recipe) read with each --node_scoring (node: the paper; max_leaf; tree;
+# Rows: the paper's recipe read with each --node_scoring (node: the paper; max_leaf; tree;
 # marginal: the default), broad dropout with the paper's uniform draw of nodes and mean pooling (the default
 # before the leaf share) read with node, tree and marginal, and train.py's default (DEFAULT_LEAF: leaf share
 # 0.5, broad dropout title:0.5, attention pooling) read with marginal. Every row is trained / evaluated for
@@ -19,8 +19,8 @@
 # space-separated, each POOLING or POOLING=LOSS (default: infonce), e.g. "attention attention=path_positive".
 # ALSO_LEAF: rows with --leaf_probability (the leaf pairs' share of the "all" level), read with marginal scoring,
 # space-separated, each P or P=BROAD_DROPOUT or P=BROAD_DROPOUT=POOLING (defaults: BROAD, mean pooling), e.g.
-# "0.5=title:0.5 0.5=title:0.5=attention". Every row but the leaf ones draws nodes uniformly (--leaf_probability
-# uniform), and every row pools the attributes by their mean unless it names another pooling.
+# "0.5=title:0.5 0.5=title:0.5=attention". Every row is trained from --paper_recipe (uniform draw, mean pooling,
+# no broad dropout, InfoNCE) and names only what it changes.
 # TREE_ABLATION_JOBS=N (default 1): train N runs at once, then evaluate N at once, each job logging to
 # RUN_FOLDER.log / RESULT.log (on a GPU machine; on CPU also set OMP_NUM_THREADS, e.g. to cores / N).
 # A finished run (its model.safetensors exists) is not trained again, nor a result newer than its model
@@ -80,7 +80,7 @@ train() {  # dataset-name dataset run-name seed flags...
     echo "== training $ds $name seed $seed"
     mkdir -p "$OUT/$ds"
     run "$dir.log" python train.py --dataset "$data" --output_dir "$dir" --overwrite_output_dir --report_to none \
-      --seed "$seed" "${BUDGET[@]}" "$@"
+      --seed "$seed" --paper_recipe "${BUDGET[@]}" "$@"
   fi
 }
 
@@ -105,9 +105,8 @@ rows() {
       *) echo "error: TREE_ABLATION_CATALOGUES: unknown catalogue '$ds' (hard, demo)" >&2; exit 2 ;;
     esac
     for seed in ${SEEDS//,/ }; do
-      train "$ds" "$data" paper "$seed" --paper_recipe
-      train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD" --loss infonce --leaf_probability uniform \
-        --attribute_pooling mean
+      train "$ds" "$data" paper "$seed"
+      train "$ds" "$data" broad-dropout "$seed" --broad_dropout "$BROAD"
       evaluate "$ds" "$data" paper "$seed" node "paper"
       evaluate "$ds" "$data" paper "$seed" max_leaf "paper + max_leaf"
       evaluate "$ds" "$data" paper "$seed" tree "paper + tree"
@@ -116,8 +115,7 @@ rows() {
       evaluate "$ds" "$data" broad-dropout "$seed" tree "broad dropout + tree"
       evaluate "$ds" "$data" broad-dropout "$seed" marginal "broad dropout + marginal"
       for spec in $ALSO_BROAD; do
-        train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec" --loss infonce \
-          --leaf_probability uniform --attribute_pooling mean
+        train "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" --broad_dropout "$spec"
         evaluate "$ds" "$data" "broad-dropout-${spec//[:,]/-}" "$seed" marginal "broad dropout $spec + marginal"
       done
       for entry in $ALSO_POOLING; do
@@ -126,8 +124,7 @@ rows() {
         if [ "$entry" != "$pooling" ]; then
           loss=${entry#*=} name="broad-dropout-$pooling-pooling-$loss" row="broad dropout + $pooling pooling + $loss + marginal"
         fi
-        train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling" \
-          --leaf_probability uniform
+        train "$ds" "$data" "$name" "$seed" --broad_dropout "$BROAD" --loss "$loss" --attribute_pooling "$pooling"
         evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
       done
       for entry in $(printf '%s\n' "$DEFAULT_LEAF" $ALSO_LEAF | awk '!seen[$0]++'); do
@@ -137,7 +134,7 @@ rows() {
         if [ "$pooling" != mean ]; then
           name="$name-$pooling-pooling" row="$row + $pooling pooling"
         fi
-        train "$ds" "$data" "$name" "$seed" --leaf_probability "$p" --broad_dropout "$spec" --loss infonce \
+        train "$ds" "$data" "$name" "$seed" --leaf_probability "$p" --broad_dropout "$spec" \
           --attribute_pooling "$pooling"
         evaluate "$ds" "$data" "$name" "$seed" marginal "$row + marginal"
       done
@@ -147,8 +144,7 @@ rows() {
         if [ "$entry" != "$loss" ]; then
           spec=${entry#*=} name="broad-dropout-${spec//[:,]/-}-$loss" row="broad dropout ${entry#*=} + $loss + marginal"
         fi
-        train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss" --leaf_probability uniform \
-          --attribute_pooling mean
+        train "$ds" "$data" "$name" "$seed" --broad_dropout "$spec" --loss "$loss"
         evaluate "$ds" "$data" "$name" "$seed" marginal "$row"
       done
     done
